@@ -1,0 +1,20 @@
+"""imageflows: Glow and Flow++ from one set of composable invertible layers."""
+
+from . import layers, nets
+from .config import Config, ConfigError
+from .metrics import bits_per_dim
+from .models import PRESETS, FlowModel, Glow, build_model, from_preset, preset_config
+
+__all__ = [
+    "PRESETS",
+    "Config",
+    "ConfigError",
+    "FlowModel",
+    "Glow",
+    "bits_per_dim",
+    "build_model",
+    "from_preset",
+    "layers",
+    "nets",
+    "preset_config",
+]

@@ -1,0 +1,93 @@
+"""The invertible-layer protocol (DESIGN section 2) and its two combinators.
+
+A `Bijection` maps data to latent in `forward` and back in `inverse`; each returns the output and
+`logdet = log|det ∂out/∂in|` for the direction called, a `[B]` tensor. Every layer takes an
+optional `cond` tensor, ignored by unconditional layers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor, nn
+
+
+class Bijection(nn.Module):
+    """Base class of invertible layers: `forward` is data → latent, `inverse` latent → data."""
+
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def inverse(self, z: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+
+def zero_logdet(x: Tensor) -> Tensor:
+    """A `[B]` zero log-det for volume-preserving layers."""
+    return x.new_zeros(x.shape[0])
+
+
+class Sequential(Bijection):
+    """Composition f_n ∘ ... ∘ f_1; log-dets add (chain rule)."""
+
+    def __init__(self, layers: Iterable[Bijection]) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        logdet = zero_logdet(x)
+        for layer in self.layers:
+            x, ld = layer(x, cond)
+            logdet = logdet + ld
+        return x, logdet
+
+    def inverse(self, z: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        logdet = zero_logdet(z)
+        for layer in reversed(self.layers):
+            z, ld = layer.inverse(z, cond)
+            logdet = logdet + ld
+        return z, logdet
+
+
+class Inverse(Bijection):
+    """The inverse of a layer: swaps its `forward` and `inverse` (e.g. unsqueeze)."""
+
+    def __init__(self, layer: Bijection) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return self.layer.inverse(x, cond)
+
+    def inverse(self, z: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return self.layer(z, cond)
+
+
+class DataInit(nn.Module):
+    """Mixin for modules with data-dependent initialisation (Glow section 3.1).
+
+    Subclasses implement `init_from(x)`, which sets parameters from the module's input batch.
+    """
+
+    def init_from(self, x: Tensor) -> None:
+        raise NotImplementedError
+
+
+@torch.no_grad()
+def initialize(module: nn.Module, batch: Tensor, cond: Tensor | None = None) -> None:
+    """Data-dependent init: run `batch` (the module's float input) forward once.
+
+    Every `DataInit` submodule initialises itself from the input it sees on the way, so each
+    layer is initialised on the statistics of already-initialised layers below it.
+    """
+    hooks = [
+        m.register_forward_pre_hook(lambda mod, args: mod.init_from(args[0]))
+        for m in module.modules()
+        if isinstance(m, DataInit)
+    ]
+    try:
+        module(batch, cond) if isinstance(module, Bijection) else module(batch)
+    finally:
+        for hook in hooks:
+            hook.remove()

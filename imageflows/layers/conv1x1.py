@@ -1,0 +1,64 @@
+"""Invertible 1x1 convolution, dense and LU-decomposed (Glow section 3.2)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .base import Bijection
+
+
+def _random_rotation(channels: int) -> Tensor:
+    q, _ = torch.linalg.qr(torch.randn(channels, channels))
+    return q
+
+
+class InvConv1x1(Bijection):
+    """z = W x at every pixel; log|det| = H·W·log|det W| (Glow eq. 9).
+
+    Subclasses change only how W (and log|det W|) are parameterised.
+    Shapes: x, z `[B, C, H, W]`; logdet `[B]`.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(_random_rotation(channels))
+
+    def matrix(self) -> tuple[Tensor, Tensor]:
+        """W `[C, C]` and log|det W| (a scalar)."""
+        return self.weight, torch.linalg.slogdet(self.weight)[1]
+
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        weight, logabsdet = self.matrix()
+        z = F.conv2d(x, weight[:, :, None, None])
+        return z, (logabsdet * x[0, 0].numel()).expand(x.shape[0])
+
+    def inverse(self, z: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        weight, logabsdet = self.matrix()
+        x = F.conv2d(z, torch.linalg.inv(weight)[:, :, None, None])
+        return x, (-logabsdet * z[0, 0].numel()).expand(z.shape[0])
+
+
+class InvConv1x1LU(InvConv1x1):
+    """W = P L (U + diag(sign(s) exp(log|s|))), P fixed (Glow section 3.2, LU decomposition).
+
+    log|det W| = Σ log|s| costs O(C) instead of O(C³).
+    """
+
+    def __init__(self, channels: int) -> None:
+        Bijection.__init__(self)
+        p, lower, upper = torch.linalg.lu(_random_rotation(channels))
+        s = upper.diagonal()
+        self.register_buffer("p", p)
+        self.register_buffer("sign_s", s.sign())
+        self.register_buffer("lower_mask", torch.tril(torch.ones(channels, channels), -1))
+        self.register_buffer("eye", torch.eye(channels))
+        self.lower = nn.Parameter(lower * self.lower_mask)
+        self.upper = nn.Parameter(upper.triu(1))
+        self.log_s = nn.Parameter(s.abs().log())
+
+    def matrix(self) -> tuple[Tensor, Tensor]:
+        lower = self.lower * self.lower_mask + self.eye
+        upper = self.upper * self.lower_mask.T + torch.diag(self.sign_s * self.log_s.exp())
+        return self.p @ lower @ upper, self.log_s.sum()

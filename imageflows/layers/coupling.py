@@ -1,0 +1,55 @@
+"""Coupling layers (NICE, RealNVP section 3.3, Glow section 3.3, Flow++ section 3)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .base import Bijection
+from .elementwise import ElementwiseMap
+
+
+class ChannelSplit(nn.Module):
+    """Split channels into a conditioning half (the first ⌊C/2⌋) and a transformed half."""
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        c = x.shape[1] // 2
+        return x[:, :c], x[:, c:]  # (B, C/2, H, W) each
+
+    def merge(self, x_id: Tensor, x_tr: Tensor) -> Tensor:
+        return torch.cat([x_id, x_tr], dim=1)
+
+
+class Coupling(Bijection):
+    """Split → conditioner → element-wise bijection → merge.
+
+    (x_id, x_tr) = split(x);  θ = NN(x_id, cond);  z = merge(x_id, f(x_tr; θ)).
+    The Jacobian is triangular, so log|det| = Σ log|∂f/∂x_tr|. The conditioner maps
+    `[B, C_id, H, W]` (and `cond`) to `[B, P·C_tr, H, W]` with P = `transform.num_params`.
+    """
+
+    def __init__(
+        self,
+        conditioner: nn.Module,
+        transform: ElementwiseMap,
+        split: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        self.conditioner = conditioner
+        self.transform = transform
+        self.split = split if split is not None else ChannelSplit()
+
+    def _params(self, x_id: Tensor, cond: Tensor | None) -> Tensor:
+        h = self.conditioner(x_id) if cond is None else self.conditioner(x_id, cond)
+        # (B, P·C_tr, H, W) → (B, P, C_tr, H, W); the element-wise algebra stays in x's dtype
+        return h.unflatten(1, (self.transform.num_params, -1)).to(x_id.dtype)
+
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        x_id, x_tr = self.split(x)
+        z_tr, logdet = self.transform(x_tr, self._params(x_id, cond))
+        return self.split.merge(x_id, z_tr), logdet.flatten(1).sum(1)
+
+    def inverse(self, z: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        z_id, z_tr = self.split(z)
+        x_tr, logdet = self.transform.inverse(z_tr, self._params(z_id, cond))
+        return self.split.merge(z_id, x_tr), logdet.flatten(1).sum(1)

@@ -1,0 +1,127 @@
+"""The model contract shared by Glow and Flow++ (DESIGN section 3)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from ..layers import Bijection, initialize, standard_normal_log_prob
+
+
+class FlowModel(nn.Module):
+    """uint8 images ⇄ standard-normal latents through `flow`, with the bound of DESIGN §1.
+
+    log p(x) ≥ E_u[log N(eps; 0, I) + log|det ∂eps/∂y| − log q(u|x)] − D·ln N,
+    with y = (x + u)/N and eps = flow(y). `eps` holds every level's latents in x's shape.
+    """
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int],
+        num_levels: int,
+        flow: Bijection,
+        dequantizer: nn.Module,
+    ) -> None:
+        super().__init__()
+        self.image_shape = tuple(image_shape)
+        self.num_levels = num_levels
+        self.flow = flow
+        self.dequantizer = dequantizer
+        self.register_buffer("initialized", torch.tensor(False))
+
+    @property
+    def num_dims(self) -> int:
+        return math.prod(self.image_shape)
+
+    @property
+    def is_initialized(self) -> bool:
+        return bool(self.initialized)
+
+    def _float(self) -> tuple[torch.dtype, torch.device]:
+        p = next(self.parameters())
+        return p.dtype, p.device
+
+    def check_images(self, x: Tensor) -> None:
+        """Raise `TypeError`/`ValueError` naming the problem unless x is a valid image batch."""
+        if not isinstance(x, Tensor):
+            raise TypeError(f"expected a uint8 image tensor, got {type(x).__name__}")
+        if x.dtype != torch.uint8:
+            raise TypeError(
+                f"expected uint8 images with values in 0..{self.num_levels - 1}, got dtype "
+                f"{x.dtype}; convert floats with (x * {self.num_levels - 1}).round().to(torch.uint8)"
+            )
+        if x.dim() != 4 or tuple(x.shape[1:]) != self.image_shape:
+            raise ValueError(
+                f"expected images of shape [B, {', '.join(map(str, self.image_shape))}], "
+                f"got {list(x.shape)}"
+            )
+        if x.numel() and int(x.max()) >= self.num_levels:
+            raise ValueError(
+                f"image values must lie in 0..{self.num_levels - 1} for a {self.num_levels}-level "
+                f"model, found {int(x.max())}"
+            )
+
+    def _check_latents(self, eps: Tensor) -> None:
+        if not isinstance(eps, Tensor) or not eps.is_floating_point():
+            raise TypeError(f"expected a float latent tensor, got {getattr(eps, 'dtype', eps)}")
+        if eps.dim() != 4 or tuple(eps.shape[1:]) != self.image_shape:
+            raise ValueError(
+                f"expected latents of shape [B, {', '.join(map(str, self.image_shape))}], "
+                f"got {list(eps.shape)}"
+            )
+
+    def initialize(self, x: Tensor, force: bool = False) -> None:
+        """Data-dependent init of every layer on one uint8 batch (Glow section 3.1)."""
+        self.check_images(x)
+        if self.is_initialized and not force:
+            raise RuntimeError("model is already initialised; pass force=True to redo it")
+        dtype, device = self._float()
+        generator = torch.Generator(device=device).manual_seed(0)
+        y, _ = self.dequantizer(x.to(device), self.num_levels, dtype, generator)
+        initialize(self.flow, y)
+        self.initialized.fill_(True)
+
+    def log_prob(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """The dequantization bound of DESIGN §1 in nats, `[B]`, with one draw of u."""
+        self.check_images(x)
+        dtype, device = self._float()
+        y, log_q = self.dequantizer(x.to(device), self.num_levels, dtype, generator)
+        eps, logdet = self.flow(y)
+        log_pz = standard_normal_log_prob(eps.float())
+        return log_pz + logdet.float() - log_q.float() - self.num_dims * math.log(self.num_levels)
+
+    def _exact(self):
+        """Encoding, decoding and sampling run in float32/float64 with autocast off."""
+        return torch.autocast(self._float()[1].type, enabled=False)
+
+    @torch.no_grad()
+    def encode(self, x: Tensor) -> Tensor:
+        """eps = flow((x + ½)/N): deterministic, `[B, C, H, W]`."""
+        self.check_images(x)
+        dtype, device = self._float()
+        with self._exact():
+            return self.flow((x.to(device, dtype) + 0.5) / self.num_levels)[0]
+
+    @torch.no_grad()
+    def decode(self, eps: Tensor) -> Tensor:
+        """x = clamp(⌊N · flow⁻¹(eps)⌋, 0, N − 1) as uint8; decode(encode(x)) == x."""
+        self._check_latents(eps)
+        dtype, device = self._float()
+        with self._exact():
+            y = self.flow.inverse(eps.to(device, dtype))[0]
+        return (y * self.num_levels).floor().clamp(0, self.num_levels - 1).to(torch.uint8)
+
+    @torch.no_grad()
+    def sample(
+        self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """decode(T · eps) with eps ~ N(0, I) (Glow section 5, reduced-temperature sampling)."""
+        if n < 1:
+            raise ValueError(f"number of samples must be positive, got {n}")
+        if not 0 <= temperature < float("inf"):
+            raise ValueError(f"temperature must be finite and ≥ 0, got {temperature}")
+        dtype, device = self._float()
+        eps = torch.randn((n, *self.image_shape), generator=generator, dtype=dtype, device=device)
+        return self.decode(temperature * eps)

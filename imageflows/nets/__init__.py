@@ -1,0 +1,5 @@
+"""Conditioner networks: plain modules with no log-det."""
+
+from .glow import ActNormNet, GlowConditioner, ZeroConv2d
+
+__all__ = ["ActNormNet", "GlowConditioner", "ZeroConv2d"]
