@@ -142,7 +142,7 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             return tuple(_coerce(i, item_type, key) for i in items)
         if len(items) != len(args):
             raise ConfigError(f"{key}: expected {len(args)} comma-separated values, got {value!r}")
-        return tuple(_coerce(i, t, key) for i, t in zip(items, args))
+        return tuple(_coerce(i, t, key) for i, t in zip(items, args, strict=True))
     try:
         if hint is bool:
             if isinstance(value, str):

@@ -50,7 +50,7 @@ class FlowModel(nn.Module):
         if x.dtype != torch.uint8:
             raise TypeError(
                 f"expected uint8 images with values in 0..{self.num_levels - 1}, got dtype "
-                f"{x.dtype}; convert floats with (x * {self.num_levels - 1}).round().to(torch.uint8)"
+                f"{x.dtype}; convert with (x * {self.num_levels - 1}).round().to(torch.uint8)"
             )
         if x.dim() != 4 or tuple(x.shape[1:]) != self.image_shape:
             raise ValueError(
