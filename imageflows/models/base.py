@@ -89,8 +89,10 @@ class FlowModel(nn.Module):
         dtype, device = self._float()
         y, log_q = self.dequantizer(x.to(device), self.num_levels, dtype, generator)
         eps, logdet = self.flow(y)
-        log_pz = standard_normal_log_prob(eps.float())
-        return log_pz + logdet.float() - log_q.float() - self.num_dims * math.log(self.num_levels)
+        log_pz = standard_normal_log_prob(eps.to(dtype))
+        return (
+            log_pz + logdet.to(dtype) - log_q.to(dtype) - self.num_dims * math.log(self.num_levels)
+        )
 
     def _exact(self):
         """Encoding, decoding and sampling run in float32/float64 with autocast off."""
