@@ -31,6 +31,7 @@ class ModelConfig:
     coupling: str = "affine"  # element-wise map of the couplings: "additive" | "affine"
     permutation: str = "conv1x1_lu"  # "reverse" | "shuffle" | "conv1x1" | "conv1x1_lu"
     dequantization: str = "uniform"  # q(u|x): "uniform"
+    memory_saving: bool = False  # back-propagate through inverses: memory constant in depth
 
 
 @dataclass(frozen=True)

@@ -109,7 +109,7 @@ def test_initialized_model_standardises_the_first_actnorm_output() -> None:
     model.initialize(x)
     level = model.flow.layers[1]
     squeezed = level.layers[0](((x.float() + 0.5) / 17) - 0.5)[0]
-    z = level.layers[1](squeezed)[0]
+    z = level.layers[1].layers[0](squeezed)[0]
     assert z.mean(dim=(0, 2, 3)).abs().max() < 0.05
     assert (z.std(dim=(0, 2, 3)) - 1).abs().max() < 0.05
 

@@ -52,6 +52,11 @@ CASES = [
         lambda: L.Sequential([L.ActNorm(4), L.InvConv1x1LU(4), _coupling(L.Affine())]),
         (4, 2, 2),
     ),
+    Case(
+        "reversible_glow_step",
+        lambda: L.Reversible([L.ActNorm(4), L.InvConv1x1LU(4), _coupling(L.Affine())]),
+        (4, 2, 2),
+    ),
     Case("inverse_of_coupling", lambda: L.Inverse(_coupling(L.Affine())), (4, 2, 2)),
 ]
 

@@ -15,6 +15,7 @@ from .elementwise import (
 from .permutations import ChannelPermutation, Reverse, Shuffle
 from .prior import FactorOut, LearnedPrior
 from .reshape import Squeeze
+from .reversible import Reversible
 
 __all__ = [
     "ActNorm",
@@ -32,6 +33,7 @@ __all__ = [
     "InvConv1x1LU",
     "LearnedPrior",
     "Reverse",
+    "Reversible",
     "Sequential",
     "Shift",
     "Shuffle",

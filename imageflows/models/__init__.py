@@ -21,6 +21,7 @@ def build_model(cfg: ModelConfig) -> FlowModel:
         permutation=cfg.permutation,
         dequantization=cfg.dequantization,
         num_levels=cfg.num_levels,
+        memory_saving=cfg.memory_saving,
     )
 
 

@@ -14,6 +14,7 @@ from ..layers import (
     Inverse,
     LearnedPrior,
     Reverse,
+    Reversible,
     Sequential,
     Shift,
     Shuffle,
@@ -73,7 +74,13 @@ def glow_step(
 
 
 def glow_level(
-    channels: int, levels: int, depth: int, hidden_channels: int, coupling: str, permutation: str
+    channels: int,
+    levels: int,
+    depth: int,
+    hidden_channels: int,
+    coupling: str,
+    permutation: str,
+    memory_saving: bool = False,
 ) -> Bijection:
     """squeeze → K steps → [split prior, recurse on the kept half | top prior] → unsqueeze.
 
@@ -82,27 +89,32 @@ def glow_level(
     Shapes: `[B, C, H, W]` → `[B, C, H, W]`.
     """
     c = 4 * channels  # (B, 4C, H/2, W/2) after the squeeze
-    steps = [
+    chain = Reversible if memory_saving else Sequential
+    steps = chain(
         layer
         for _ in range(depth)
         for layer in glow_step(c, hidden_channels, coupling, permutation)
-    ]
+    )
     if levels == 1:
         head: list[Bijection] = [LearnedPrior(c)]
     else:
         # the split prior eps2 = (z2 − μ(z1)) / σ(z1) (openai/glow `split2d`) is an affine
         # coupling whose conditioner is one zero-initialised convolution
         split_prior = Coupling(ZeroConv2d(c // 2, 2 * (c - c // 2)), Standardize())
-        inner = glow_level(c // 2, levels - 1, depth, hidden_channels, coupling, permutation)
+        inner = glow_level(
+            c // 2, levels - 1, depth, hidden_channels, coupling, permutation, memory_saving
+        )
         head = [split_prior, FactorOut(inner)]
-    return Sequential([Squeeze(), *steps, *head, Inverse(Squeeze())])
+    return Sequential([Squeeze(), steps, *head, Inverse(Squeeze())])
 
 
 class Glow(FlowModel):
     """Glow: L levels of K steps (actnorm, permutation, coupling) with learned priors.
 
     The defaults are the paper's CIFAR-10 model (L=3, K=32, 512 channels, affine coupling,
-    LU-decomposed 1x1 convolutions, 8 bits). H and W must be divisible by 2^L.
+    LU-decomposed 1x1 convolutions, 8 bits). H and W must be divisible by 2^L. With
+    `memory_saving`, each level's K steps back-propagate through their inverse (`Reversible`),
+    so training activation memory does not grow with K.
     """
 
     def __init__(
@@ -116,6 +128,7 @@ class Glow(FlowModel):
         dequantization: str = "uniform",
         n_bits: int | None = None,
         num_levels: int | None = None,
+        memory_saving: bool = False,
     ) -> None:
         c, h, w = image_shape
         if levels < 1 or depth < 1 or hidden_channels < 1:
@@ -126,7 +139,12 @@ class Glow(FlowModel):
                 f"got {h}x{w}"
             )
         flow = Sequential(
-            [Shift(-0.5), glow_level(c, levels, depth, hidden_channels, coupling, permutation)]
+            [
+                Shift(-0.5),
+                glow_level(
+                    c, levels, depth, hidden_channels, coupling, permutation, memory_saving
+                ),
+            ]
         )
         dequantizer = _choice("dequantization", dequantization, DEQUANTIZERS)()
         super().__init__(image_shape, resolve_levels(n_bits, num_levels), flow, dequantizer)

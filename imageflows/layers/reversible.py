@@ -1,0 +1,109 @@
+"""Backpropagation through inverses: activation memory that does not grow with depth.
+
+RevNet (Gomez et al., NeurIPS 2017) applied to a flow: a chain of invertible layers keeps only
+its output for the backward pass. The backward pass walks the chain from the top, rebuilding each
+layer's input with `inverse`, re-running that one layer under autograd and back-propagating
+through it, so at most one layer's activations are alive at a time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor, nn
+
+from .base import Sequential
+
+
+def _has_dropout(module: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in module.modules())
+
+
+def _rng_state(device: torch.device) -> tuple[Tensor, Tensor | None]:
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return torch.get_rng_state(), cuda
+
+
+@contextlib.contextmanager
+def _replay_rng(
+    state: tuple[Tensor, Tensor | None] | None, device: torch.device
+) -> Iterator[None]:
+    """Run a block with the RNG state of the forward pass (dropout masks), then restore it."""
+    if state is None:
+        yield
+        return
+    devices = [device] if state[1] is not None else []
+    with torch.random.fork_rng(devices=devices, device_type=device.type):
+        torch.set_rng_state(state[0])
+        if state[1] is not None:
+            torch.cuda.set_rng_state(state[1], device)
+        yield
+
+
+class _BackpropThroughInverse(torch.autograd.Function):
+    """(x, cond, *params) ↦ (z, logdet) of a `Sequential`, saving z and cond only."""
+
+    @staticmethod
+    def forward(ctx, body: Sequential, x: Tensor, cond: Tensor | None, *params: Tensor):
+        ctx.body = body
+        ctx.rng_states = []
+        with torch.no_grad():
+            z, logdet = x, x.new_zeros(x.shape[0])
+            for layer in body.layers:
+                replay = body.training and _has_dropout(layer)
+                ctx.rng_states.append(_rng_state(x.device) if replay else None)
+                z, ld = layer(z, cond)
+                logdet = logdet + ld
+        ctx.save_for_backward(z, cond)
+        return z, logdet
+
+    @staticmethod
+    def backward(ctx, grad_z: Tensor | None, grad_logdet: Tensor | None):
+        z, cond = ctx.saved_tensors
+        params = [p for p in ctx.body.parameters() if p.requires_grad]
+        grads: dict[int, Tensor] = {}
+        grad_z = torch.zeros_like(z) if grad_z is None else grad_z
+        grad_logdet = z.new_zeros(z.shape[0]) if grad_logdet is None else grad_logdet
+        cond_needs_grad = cond is not None and ctx.needs_input_grad[2]
+        grad_cond = None
+        z = z.detach()
+        for layer, rng in zip(reversed(ctx.body.layers), reversed(ctx.rng_states), strict=True):
+            with torch.no_grad(), _replay_rng(rng, z.device):
+                x = layer.inverse(z, cond)[0]
+            with torch.enable_grad(), _replay_rng(rng, z.device):
+                x = x.detach().requires_grad_(True)
+                c = cond.detach().requires_grad_(True) if cond_needs_grad else cond
+                z_again, logdet = layer(x, c)
+                wrt = [x, *([c] if cond_needs_grad else []), *layer.parameters()]
+                wrt = [t for t in wrt if t.requires_grad]
+                got = torch.autograd.grad(
+                    (z_again, logdet), wrt, (grad_z, grad_logdet), allow_unused=True
+                )
+            grad_z = got[0]
+            for tensor, g in zip(wrt[1:], got[1:], strict=True):
+                if g is None:
+                    continue
+                if tensor is c and cond_needs_grad:
+                    grad_cond = g if grad_cond is None else grad_cond + g
+                else:
+                    grads[id(tensor)] = g if id(tensor) not in grads else grads[id(tensor)] + g
+            z = x.detach()
+        return (None, grad_z, grad_cond, *[grads.get(id(p)) for p in params])
+
+
+class Reversible(Sequential):
+    """A `Sequential` trained by back-propagating through its inverse (memory saving).
+
+    Same map, log-det and state_dict keys as the plain chain; in training only the chain's
+    output is kept for the backward pass, so activation memory is constant in the number of
+    layers. Dropout masks are replayed from the forward pass's RNG state, as
+    `torch.utils.checkpoint` does.
+    """
+
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        params = [p for p in self.parameters() if p.requires_grad]
+        if not torch.is_grad_enabled() or not (x.requires_grad or params):
+            return super().forward(x, cond)
+        return _BackpropThroughInverse.apply(self, x, cond, *params)
