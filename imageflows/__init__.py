@@ -4,6 +4,7 @@ from . import layers, nets
 from .config import Config, ConfigError
 from .metrics import bits_per_dim
 from .models import PRESETS, FlowModel, Glow, build_model, from_preset, preset_config
+from .train import evaluate, load, train
 
 __all__ = [
     "PRESETS",
@@ -13,8 +14,11 @@ __all__ = [
     "Glow",
     "bits_per_dim",
     "build_model",
+    "evaluate",
     "from_preset",
     "layers",
+    "load",
     "nets",
     "preset_config",
+    "train",
 ]

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._io import atomic_write_text
+
 
 class ConfigError(ValueError):
     """A configuration key or value is not valid."""
@@ -111,7 +113,7 @@ class Config:
         return Config.from_dict(raw)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> Config:

@@ -7,16 +7,15 @@ Files are written atomically: a temporary file in the target folder, then `os.re
 from __future__ import annotations
 
 import math
-import os
-import uuid
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
+
+from ._io import atomic_write
 
 _MIN_WIDTH = 256  # small images (8x8 digits) are upscaled until a grid is about this wide
 _BACKGROUND = 255  # padding and caption margin are white, so dark-background tiles stay apart
@@ -90,7 +89,7 @@ def save_grid(
         _, ascent, _, descent = draw.textbbox((0, 0), label, font=font)
         middle = padding + r * (h + padding) + h // 2
         draw.text((padding, middle - (ascent + descent) // 2), label, fill=ink, font=font)
-    return _write_atomic(path, lambda f: picture.save(f, format="PNG"))
+    return atomic_write(path, lambda f: picture.save(f, format="PNG"))
 
 
 def plot_curves(records: list[dict[str, Any]], path: str | Path, title: str | None = None) -> Path:
@@ -125,21 +124,4 @@ def plot_curves(records: list[dict[str, Any]], path: str | Path, title: str | No
     if title:
         axes.set_title(title)
     figure.tight_layout()
-    return _write_atomic(path, lambda f: figure.savefig(f, format="png"))
-
-
-def _write_atomic(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
-    """Call `write` on a temporary file next to `path`, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-    # os.open with mode 0o666 keeps the user's umask, unlike tempfile's private 0o600 files.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda f: figure.savefig(f, format="png"))

@@ -78,17 +78,3 @@ def test_plot_curves(tmp_path: Path) -> None:
     assert plot_curves([], tmp_path / "empty.png").is_file()
     with pytest.raises(ValueError, match="record 0 has train_bpd but no step"):
         plot_curves([{"train_bpd": 1.0}], tmp_path / "bad.png")
-
-
-def test_failed_write_leaves_old_file_and_no_temporary(tmp_path: Path) -> None:
-    from imageflows.images import _write_atomic
-
-    target = tmp_path / "out.png"
-    target.write_bytes(b"old")
-
-    def fail(f: object) -> None:
-        raise RuntimeError("disk full")
-
-    with pytest.raises(RuntimeError, match="disk full"):
-        _write_atomic(target, fail)
-    assert [p.name for p in tmp_path.iterdir()] == ["out.png"] and target.read_bytes() == b"old"
