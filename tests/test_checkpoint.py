@@ -126,12 +126,22 @@ def test_ema_averages_floats_and_copies_other_buffers() -> None:
     with torch.no_grad():
         model.weight.add_(4.0)
         model.calls.fill_(9)
-    ema.update(model)
+    ema.update(model, step=1000)
     assert torch.allclose(ema.model.weight, before + 1.0)
     assert ema.model.calls.item() == 9 and ema.model.calls.dtype == torch.int64
     assert not ema.model.training and not ema.model.weight.requires_grad
     with pytest.raises(ValueError, match="train.ema"):
         EMA(model, decay=1.0)
+
+
+def test_ema_decay_warms_up_over_the_first_steps() -> None:
+    model = nn.Linear(2, 2)
+    ema = EMA(model, decay=0.999)
+    before = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(11.0)
+    ema.update(model, step=1)  # decay min(0.999, 2/11)
+    assert torch.allclose(ema.model.weight, before + 11.0 * (1 - 2 / 11))
 
 
 def test_ema_of_zero_decay_is_the_model() -> None:
@@ -141,6 +151,6 @@ def test_ema_of_zero_decay_is_the_model() -> None:
         for p in model.parameters():
             p.add_(torch.randn_like(p))
         model.initialized.fill_(True)
-    ema.update(model)
+    ema.update(model, step=1000)
     for key, value in model.state_dict().items():
         assert torch.equal(ema.model.state_dict()[key], value), key

@@ -165,7 +165,7 @@ def train(cfg: Config, workdir: str | Path, resume: bool = False, progress: bool
                     stacklevel=2,
                 )
             else:
-                ema.update(model)
+                ema.update(model, step + 1)
                 bar.set_postfix(bpd=f"{bpd:.3f}", refresh=False)
             scheduler.step()
             step += 1
