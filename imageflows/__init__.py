@@ -2,9 +2,9 @@
 
 from . import layers, nets
 from .config import Config, ConfigError
-from .metrics import bits_per_dim
+from .metrics import bits_per_dim, evaluate
 from .models import PRESETS, FlowModel, Glow, build_model, from_preset, preset_config
-from .train import evaluate, load, train
+from .train import load
 
 __all__ = [
     "PRESETS",
@@ -20,5 +20,4 @@ __all__ = [
     "load",
     "nets",
     "preset_config",
-    "train",
 ]

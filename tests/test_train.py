@@ -14,8 +14,9 @@ from torch import nn
 
 from imageflows.config import Config, ModelConfig, TrainConfig
 from imageflows.data import load_dataset
+from imageflows.metrics import evaluate
 from imageflows.models import build_model
-from imageflows.train import CheckpointWarning, evaluate, load, train
+from imageflows.train import CheckpointWarning, load, train
 from imageflows.train.loop import _train_step, global_indices
 
 TINY = Config(

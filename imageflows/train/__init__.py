@@ -1,6 +1,6 @@
-"""Training, evaluation and run directories: `train`, `evaluate`, `load`."""
+"""Training and run directories: `train(cfg, workdir)`, `load(run_dir)`."""
 
 from imageflows.train.checkpoint import CheckpointWarning, load
-from imageflows.train.loop import evaluate, train
+from imageflows.train.loop import train
 
-__all__ = ["CheckpointWarning", "evaluate", "load", "train"]
+__all__ = ["CheckpointWarning", "load", "train"]

@@ -27,7 +27,8 @@ from imageflows._io import atomic_write_bytes, atomic_write_text
 from imageflows.config import Config, TrainConfig
 from imageflows.data import load_dataset, prepare
 from imageflows.images import plot_curves, save_grid
-from imageflows.metrics import bits_per_dim
+from imageflows.latent import temperature_rows
+from imageflows.metrics import bits_per_dim, evaluate
 from imageflows.models import FlowModel, build_model
 from imageflows.train.checkpoint import (
     CHECKPOINT_DIR,
@@ -195,45 +196,6 @@ def train(cfg: Config, workdir: str | Path, resume: bool = False, progress: bool
         "run_dir": str(workdir),
         "checkpoint": str(checkpoint),
     }
-
-
-@torch.no_grad()
-def evaluate(model: FlowModel, images: Tensor, batch_size: int = 500, seed: int = 0) -> dict:
-    """Test bits/dim and reconstruction error of `model` on uint8 `images` [N, C, H, W].
-
-    `bpd` is the mean over images of the one-draw bound of section 1 (dequantization noise from
-    a generator seeded `seed`, so numbers are comparable between calls); `recon_max_abs` is
-    `max |x − decode(encode(x))|` in levels. Runs in eval mode and float32, autocast off.
-
-    Returns:
-        `{"bpd": float, "n": int, "recon_max_abs": int}`.
-    """
-    if not isinstance(images, Tensor) or images.dtype != torch.uint8 or images.dim() != 4:
-        raise TypeError(
-            "evaluate: images must be a uint8 tensor [N, C, H, W], got "
-            f"{getattr(images, 'dtype', type(images).__name__)} "
-            f"{tuple(getattr(images, 'shape', ()))}"
-        )
-    if len(images) == 0:
-        raise ValueError("evaluate: no images")
-    if batch_size < 1:
-        raise ValueError(f"evaluate: batch_size must be ≥ 1, got {batch_size}")
-    device = next(model.parameters()).device
-    generator = torch.Generator(device).manual_seed(seed)
-    was_training = model.training
-    model.eval()
-    total_bits, recon = 0.0, 0
-    try:
-        with torch.autocast(device.type, enabled=False):
-            for x in images.split(batch_size):
-                x = x.to(device)
-                log_prob = model.log_prob(x, generator=generator)
-                total_bits += bits_per_dim(log_prob, model.num_dims).double().sum().item()
-                error = (model.decode(model.encode(x)).int() - x.int()).abs().max().item()
-                recon = max(recon, int(error))
-    finally:
-        model.train(was_training)
-    return {"bpd": total_bits / len(images), "n": len(images), "recon_max_abs": recon}
 
 
 def global_indices(start: int, stop: int, num_images: int, seed: int) -> Tensor:
@@ -412,15 +374,12 @@ def _draw_samples(model: FlowModel, workdir: Path, step: int, cfg: Config) -> No
     temperatures = cfg.train.sample_temperatures
     if not temperatures:
         return
-    device = next(model.parameters()).device
-    rows = []
-    for temperature in temperatures:
-        generator = torch.Generator(device).manual_seed(derived_seed(cfg.train.seed, "samples"))
-        rows.append(model.sample(SAMPLES_PER_ROW, temperature=temperature, generator=generator))
+    seed = derived_seed(cfg.train.seed, "samples")
+    grid = temperature_rows(model, temperatures, SAMPLES_PER_ROW, seed)
     path = workdir / "samples" / f"step_{step:07d}.png"
     path.parent.mkdir(exist_ok=True)
     save_grid(
-        torch.cat(rows).cpu(),
+        grid.cpu(),
         path,
         num_levels=cfg.model.num_levels,
         nrow=SAMPLES_PER_ROW,

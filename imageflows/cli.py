@@ -1,0 +1,347 @@
+"""The `imageflows` command line: each subcommand parses its arguments, then calls the library.
+
+Human output and progress go to stderr; `--json` prints exactly one JSON object on stdout. Bad
+input ends with one line `imageflows: error: ...` on stderr and exit status 2 (set
+IMAGEFLOWS_TRACEBACK=1 to see the traceback instead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from imageflows.bench import describe_model, format_table, run_bench
+from imageflows.config import Config
+from imageflows.data import load_dataset, prepare
+from imageflows.images import save_grid
+from imageflows.latent import temperature_rows
+from imageflows.metrics import evaluate
+from imageflows.models import PRESETS, build_model, preset_config
+from imageflows.train import load, train
+from imageflows.train.checkpoint import list_checkpoints
+
+DEFAULT_PRESET = "glow-digits"
+
+Outcome = tuple[dict[str, Any], str]  # (JSON result, human-readable message)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line on `argv` (default `sys.argv[1:]`); returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        result, message = args.handler(args)
+    except (ValueError, TypeError, OSError, RuntimeError) as err:
+        if os.environ.get("IMAGEFLOWS_TRACEBACK"):
+            raise
+        print(f"imageflows: error: {_one_line(err)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("imageflows: interrupted", file=sys.stderr)
+        return 130
+    if args.json:
+        print(json.dumps(result, default=str))
+    else:
+        print(message, file=sys.stderr)
+    return 0
+
+
+def _one_line(err: Exception) -> str:
+    lines = str(err).strip().splitlines() or [type(err).__name__]
+    if len(lines) == 1:
+        return lines[0]
+    return f"{lines[0]} [{len(lines) - 1} more lines: rerun with IMAGEFLOWS_TRACEBACK=1]"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of all subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="imageflows", description="Glow and Flow++ image flows with exact likelihood."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train_cmd = _command(
+        commands,
+        "train",
+        _train,
+        "train a model (no arguments: a small Glow on digits into runs/glow-digits)",
+    )
+    train_cmd.add_argument("--preset", help=f"named preset config (default {DEFAULT_PRESET})")
+    train_cmd.add_argument("--data", help="dataset name (default: the preset's)")
+    train_cmd.add_argument("--data-dir", help="folder holding the dataset files")
+    train_cmd.add_argument(
+        "--out", help="new run directory (default runs/PRESET, or runs/PRESET-2, ... if taken)"
+    )
+    train_cmd.add_argument("--resume", metavar="RUN", help="continue the run in directory RUN")
+    _add_set(train_cmd)
+    train_cmd.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    eval_cmd = _command(commands, "eval", _eval, "bits/dim of a trained run on a data split")
+    eval_cmd.add_argument("run", metavar="RUN", help="run directory")
+    eval_cmd.add_argument("--data", help="dataset name (default: the run's)")
+    eval_cmd.add_argument("--data-dir", help="folder holding the dataset files")
+    eval_cmd.add_argument("--split", default="test", help="data split (default test)")
+    eval_cmd.add_argument(
+        "--iw-samples",
+        type=int,
+        default=1,
+        metavar="K",
+        help="dequantization draws per image; K > 1 gives the tighter importance-weighted bound",
+    )
+    eval_cmd.add_argument("--seed", type=int, default=0, help="seed of the dequantization noise")
+    eval_cmd.add_argument("--batch-size", type=int, default=500, help="images per batch")
+    eval_cmd.add_argument("--raw", action="store_true", help="raw weights instead of the EMA")
+
+    sample_cmd = _command(
+        commands, "sample", _sample, "draw samples from a trained run into a PNG"
+    )
+    sample_cmd.add_argument("run", metavar="RUN", help="run directory")
+    sample_cmd.add_argument(
+        "--n", type=int, default=64, help="images (per row with --temperatures)"
+    )
+    temperature_group = sample_cmd.add_mutually_exclusive_group()
+    temperature_group.add_argument(
+        "--temperature", type=float, default=1.0, help="scale of the latent noise (default 1)"
+    )
+    temperature_group.add_argument(
+        "--temperatures",
+        type=_floats,
+        metavar="T1,T2,...",
+        help="one row of --n samples per temperature, all rows from the same noise",
+    )
+    sample_cmd.add_argument(
+        "--out", default="samples.png", help="PNG to write (default samples.png)"
+    )
+    sample_cmd.add_argument("--seed", type=int, default=0, help="seed of the latent noise")
+    sample_cmd.add_argument("--nrow", type=int, help="images per row (single temperature only)")
+    sample_cmd.add_argument("--raw", action="store_true", help="raw weights instead of the EMA")
+
+    bench_cmd = _command(
+        commands,
+        "bench",
+        _bench,
+        "speed and memory of one config; peak RSS is per process, so one config per invocation",
+    )
+    bench_cmd.add_argument("--preset", default="glow-cifar10", help="preset config (glow-cifar10)")
+    _add_set(bench_cmd)
+    bench_cmd.add_argument("--image-shape", metavar="C,H,W", help="sets model.image_shape")
+    bench_cmd.add_argument("--batch-size", type=int, default=16, help="images per training step")
+    bench_cmd.add_argument(
+        "--repeats", type=int, default=10, help="timed repeats (paper sizes: 3)"
+    )
+    bench_cmd.add_argument(
+        "--warmup", type=int, default=3, help="untimed repeats (paper sizes: 1)"
+    )
+    bench_cmd.add_argument("--sample-n", type=int, default=16, help="images per sampling call")
+    bench_cmd.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    bench_cmd.add_argument("--seed", type=int, default=0, help="seed of the model and the data")
+    bench_cmd.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
+
+    _command(commands, "presets", _presets, "list the named presets with parameter counts")
+    return parser
+
+
+def _command(
+    commands: Any, name: str, handler: Callable[[argparse.Namespace], Outcome], summary: str
+) -> argparse.ArgumentParser:
+    parser = commands.add_parser(name, help=summary, description=summary)
+    parser.set_defaults(handler=handler)
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    return parser
+
+
+def _add_set(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set train.lr=1e-3 (repeatable)",
+    )
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}"
+        ) from None
+
+
+def _train(args: argparse.Namespace) -> Outcome:
+    if args.resume:
+        given = [
+            flag
+            for flag, value in (
+                ("--preset", args.preset),
+                ("--data", args.data),
+                ("--data-dir", args.data_dir),
+                ("--out", args.out),
+            )
+            if value is not None
+        ]
+        if given:
+            raise ValueError(
+                f"--resume continues a run with its own config; drop {', '.join(given)} "
+                "(change e.g. the step count with --set train.steps=N)"
+            )
+        workdir = Path(args.resume)
+        cfg = _run_config(workdir).with_overrides(args.set)
+        summary = train(cfg, workdir, resume=True, progress=not args.no_progress)
+    else:
+        preset = args.preset or DEFAULT_PRESET
+        data = [f"data.name={args.data}"] if args.data is not None else []
+        data += [f"data.dir={args.data_dir}"] if args.data_dir is not None else []
+        cfg = preset_config(preset).with_overrides(data + args.set)
+        workdir = _new_run_dir(Path(args.out)) if args.out else _free_run_dir(Path("runs"), preset)
+        summary = train(cfg, workdir, resume=False, progress=not args.no_progress)
+    return summary, _train_message(summary, workdir)
+
+
+def _train_message(summary: dict[str, Any], workdir: Path) -> str:
+    return (
+        f"test bits/dim {summary['test_bpd']:.4f} after {summary['steps']} steps "
+        f"({summary['wall_seconds']:.1f} s)\n"
+        f"samples: {summary['samples']}\n"
+        f"run: {workdir}  (next: imageflows eval {workdir}; imageflows sample {workdir})"
+    )
+
+
+def _eval(args: argparse.Namespace) -> Outcome:
+    if args.iw_samples < 1:
+        raise ValueError(f"--iw-samples must be at least 1, got {args.iw_samples}")
+    run = Path(args.run)
+    cfg = _run_config(run)
+    name = args.data or cfg.data.name
+    # The run's data folder belongs to the run's dataset; another dataset needs its own.
+    data_dir = (
+        args.data_dir
+        if args.data_dir is not None
+        else (cfg.data.dir if name == cfg.data.name else None)
+    )
+    model = load(run, ema=not args.raw)
+    dataset = prepare(load_dataset(name, args.split, data_dir), model.num_levels)
+    result = evaluate(model, dataset.images, args.batch_size, args.seed, args.iw_samples)
+    result = {
+        "bpd": float(result["bpd"]),
+        "n": int(result["n"]),
+        "iw_samples": args.iw_samples,
+        "recon_max_abs": int(result["recon_max_abs"]),
+        "data": dataset.description,
+        "split": args.split,
+        "weights": "raw" if args.raw else "ema",
+        "run": str(run),
+        "step": _run_step(run),
+    }
+    weights = "raw" if args.raw else "EMA"
+    bound = f", importance-weighted over {args.iw_samples} draws" if args.iw_samples > 1 else ""
+    message = (
+        f"{args.split} bits/dim {result['bpd']:.4f} on {result['n']} images of "
+        f"{dataset.description}, {weights} weights at step {result['step']}{bound}; "
+        f"decode(encode(x)) max |error| {result['recon_max_abs']}"
+    )
+    return result, message
+
+
+def _sample(args: argparse.Namespace) -> Outcome:
+    if args.n < 1:
+        raise ValueError(f"--n must be at least 1, got {args.n}")
+    if args.temperatures is not None and args.nrow is not None:
+        raise ValueError("--nrow applies to --temperature only; --temperatures puts --n per row")
+    if args.temperatures == []:
+        raise ValueError("--temperatures needs at least one number")
+    run = Path(args.run)
+    _run_config(run)
+    model = load(run, ema=not args.raw)
+    temperatures = args.temperatures or [args.temperature]
+    grid = temperature_rows(model, temperatures, args.n, args.seed)
+    if args.temperatures is not None:
+        nrow, labels = args.n, [f"T={t:g}" for t in temperatures]
+    else:
+        nrow, labels = args.nrow or math.ceil(math.sqrt(args.n)), None
+    out = Path(args.out)
+    save_grid(grid, out, model.num_levels, nrow=nrow, row_labels=labels)
+    result = {
+        "out": str(out),
+        "n": args.n,
+        "temperatures": temperatures,
+        "seed": args.seed,
+        "run": str(run),
+    }
+    return result, f"wrote {len(temperatures) * args.n} samples to {out}"
+
+
+def _bench(args: argparse.Namespace) -> Outcome:
+    shape = [f"model.image_shape={args.image_shape}"] if args.image_shape else []
+    cfg = preset_config(args.preset).with_overrides(shape + args.set)
+    result = run_bench(
+        cfg,
+        batch_size=args.batch_size,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        sample_n=args.sample_n,
+        threads=args.threads,
+        seed=args.seed,
+        device=args.device,
+    )
+    result = {"preset": args.preset, "overrides": shape + args.set, **result}
+    return result, format_table(result)
+
+
+def _presets(args: argparse.Namespace) -> Outcome:
+    rows = []
+    for name, cfg in PRESETS.items():
+        # Counting parameters needs shapes only: the meta device allocates nothing.
+        with torch.device("meta"):
+            parameters = sum(p.numel() for p in build_model(cfg.model).parameters())
+        rows.append({"name": name, "parameters": parameters, **cfg.to_dict()})
+    width = max(len(row["name"]) for row in rows)
+    message = "\n".join(
+        f"{row['name']:<{width}}  {row['parameters'] / 1e6:7.2f}M parameters  "
+        f"{describe_model(row['model'])} on {row['data']['name']}"
+        for row in rows
+    )
+    return {"presets": rows}, message
+
+
+def _run_config(run: Path) -> Config:
+    """The config of run directory `run`, with a clear error when it is not a run."""
+    if not run.is_dir():
+        raise FileNotFoundError(f"{run}: no such run directory")
+    if not (run / "config.json").is_file():
+        raise FileNotFoundError(f"{run}: not a run directory (no config.json)")
+    return Config.load(run / "config.json")
+
+
+def _run_step(run: Path) -> int | None:
+    """The step of the run's latest checkpoint, whose EMA weights are `model.safetensors`."""
+    checkpoints = list_checkpoints(run)
+    return checkpoints[-1][0] if checkpoints else None
+
+
+def _new_run_dir(out: Path) -> Path:
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()):
+        raise FileExistsError(
+            f"--out {out} already holds files; continue that run with --resume {out}, "
+            "or choose a new --out"
+        )
+    return out
+
+
+def _free_run_dir(root: Path, name: str) -> Path:
+    """`root/name`, or `root/name-2`, `root/name-3`, ...: the first that is missing or empty."""
+    for index in range(1, 10_000):
+        candidate = root / (name if index == 1 else f"{name}-{index}")
+        if not candidate.exists() or (candidate.is_dir() and not any(candidate.iterdir())):
+            return candidate
+    raise FileExistsError(f"no free run directory {root / name}-N; pass --out")

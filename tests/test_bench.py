@@ -1,0 +1,91 @@
+"""`imageflows.bench`: the measurements and the `imageflows bench` command."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import torch
+from torch import Tensor, nn
+
+from imageflows import bench, cli
+from imageflows.models import build_model, preset_config
+
+TINY = ["--preset", "glow-digits", "--set", "model.depth=1", "--set", "model.hidden_channels=8"]
+
+
+class _Toy(nn.Module):
+    """log_prob = sum((h W1 W2)^2) with h = x as float, whose forward saves h (for W1's
+    gradient), g = h W1 and W2 (for g's gradient), and z = g W2 twice (for z * z)."""
+
+    num_dims = 6
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w1 = nn.Parameter(torch.randn(self.num_dims, 10))
+        self.w2 = nn.Parameter(torch.randn(10, 3))
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        z = x.float().flatten(1) @ self.w1 @ self.w2
+        return (z * z).sum(-1)
+
+
+def test_saved_for_backward_counts_each_storage_once_and_skips_parameters() -> None:
+    x = torch.randint(0, 4, (5, 1, 2, 3), dtype=torch.uint8)
+    # float32 h [5, 6], g [5, 10] and z [5, 3] once; the parameter W2 is not counted.
+    assert bench.saved_for_backward_bytes(_Toy(), x) == 4 * 5 * (6 + 10 + 3)
+
+
+def test_measurements_on_a_tiny_glow() -> None:
+    model_cfg = preset_config("glow-digits").with_overrides(["model.depth=1"]).model
+    model = build_model(model_cfg)
+    x = torch.randint(0, model.num_levels, (8, *model.image_shape), dtype=torch.uint8)
+    model.initialize(x)
+    small = bench.saved_for_backward_bytes(model, x[:4])
+    large = bench.saved_for_backward_bytes(model, x)
+    assert 0 < small < large  # activations grow with the batch
+    assert bench.roundtrip_max_abs(model, x) == 0
+    optimizer = torch.optim.Adam(model.parameters())
+    before = [p.detach().clone() for p in model.parameters()]
+    seconds = bench.time_train_step(model, optimizer, x, repeats=2, warmup=1)
+    assert len(seconds) == 2 and all(s > 0 for s in seconds)
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    assert len(bench.time_sampling(model, 3, repeats=2, warmup=0)) == 2
+
+
+def test_bench_command_json(capsys) -> None:
+    threads = torch.get_num_threads()
+    argv = ["bench", *TINY, "--batch-size", "4", "--repeats", "2", "--warmup", "1"]
+    assert cli.main([*argv, "--sample-n", "2", "--threads", "1", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert torch.get_num_threads() == threads  # restored after the measurement
+    assert result["preset"] == "glow-digits" and result["model"]["depth"] == 1
+    assert result["threads"] == 1 and result["batch_size"] == 4 and result["device"]
+    train = preset_config("glow-digits").train
+    assert result["lr"] == train.lr / train.warmup_steps  # training's first learning rate
+    for key in (
+        "parameters",
+        "train_images_per_s",
+        "train_step_seconds",
+        "peak_rss_mib",
+        "saved_for_backward_mib",
+        "sample_seconds",
+    ):
+        assert math.isfinite(result[key]) and result[key] > 0, key
+    assert result["train_images_per_s"] == 4 / result["train_step_seconds"]
+    assert result["roundtrip_max_abs"] == 0
+
+
+def test_bench_image_shape_and_table(capsys) -> None:
+    argv = ["bench", *TINY, "--image-shape", "3,4,4", "--batch-size", "2", "--repeats", "1"]
+    assert cli.main([*argv, "--warmup", "0", "--sample-n", "1"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == ""  # human output goes to stderr
+    assert "2 images of 3x4x4" in captured.err and "saved for backward" in captured.err
+
+
+def test_bench_rejects_bad_input(capsys) -> None:
+    assert cli.main(["bench", *TINY, "--repeats", "0"]) == 2
+    assert "repeats" in capsys.readouterr().err
+    assert cli.main(["bench", *TINY, "--image-shape", "3,4"]) == 2
+    assert "model.image_shape" in capsys.readouterr().err

@@ -1,0 +1,208 @@
+"""The `imageflows` command line: one end-to-end run in a subprocess, the rest in-process."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+import imageflows
+from imageflows import cli
+from imageflows.config import Config
+from imageflows.models import build_model, preset_config
+
+TINY = [
+    "--set", "train.steps=4", "--set", "train.eval_every=2", "--set", "train.checkpoint_every=2",
+    "--set", "model.depth=2", "--set", "model.hidden_channels=16", "--no-progress",
+]  # fmt: skip
+EVAL_KEYS = {"bpd", "n", "iw_samples", "recon_max_abs", "data", "run", "step"}
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny trained run on digits (4 steps)."""
+    out = tmp_path_factory.mktemp("cli") / "run"
+    assert cli.main(["train", "--preset", "glow-digits", "--out", str(out), *TINY]) == 0
+    return out
+
+
+def _json(capsys: pytest.CaptureFixture[str]) -> dict:
+    return json.loads(capsys.readouterr().out)
+
+
+def test_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    env = {**os.environ, "PYTHONPATH": str(Path(imageflows.__file__).parents[1])}
+    argv = [sys.executable, "-m", "imageflows", "train", "--preset", "glow-digits"]
+    done = subprocess.run(
+        [*argv, "--out", "run", *TINY], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ""  # without --json everything human goes to stderr
+    assert "test bits/dim" in done.stderr and "run/samples.png" in done.stderr
+    run = tmp_path / "run"
+    assert (run / "config.json").is_file() and (run / "model.safetensors").is_file()
+
+    argv = ["train", "--resume", str(run), "--set", "train.steps=6", "--no-progress", "--json"]
+    assert cli.main(argv) == 0
+    summary = _json(capsys)
+    assert summary["steps"] == 6 and Config.load(run / "config.json").train.steps == 6
+
+    assert cli.main(["eval", str(run), "--json"]) == 0
+    result = _json(capsys)
+    assert EVAL_KEYS <= set(result)
+    assert math.isfinite(result["bpd"]) and 0 < result["bpd"] < 8
+    assert result["n"] == 360 and result["iw_samples"] == 1 and result["step"] == 6
+    assert result["recon_max_abs"] == 0 and "digits" in result["data"]
+    # Same EMA weights, split, seed and batches as the run's final evaluation.
+    assert result["bpd"] == pytest.approx(summary["test_bpd"], abs=1e-9)
+
+    out = tmp_path / "s.png"
+    argv = ["sample", str(run), "--n", "4", "--temperatures", "0,0.7", "--out", str(out)]
+    assert cli.main(argv) == 0
+    assert out.is_file() and str(out) in capsys.readouterr().err
+    with Image.open(out) as picture:
+        assert picture.format == "PNG" and picture.width > picture.height  # 2 rows of 4
+
+
+@pytest.fixture
+def train_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Config, Path, bool]]:
+    """Replaces the CLI's `train` by a recorder of its arguments."""
+    calls = []
+
+    def fake_train(cfg: Config, workdir: Path, resume: bool, progress: bool) -> dict:
+        calls.append((cfg, workdir, resume))
+        return {"steps": 1, "test_bpd": 1.5, "wall_seconds": 0.1, "samples": "x.png"}
+
+    monkeypatch.setattr(cli, "train", fake_train)
+    return calls
+
+
+def test_default_train_job_never_overwrites(
+    train_calls: list, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "glow-digits").mkdir(parents=True)
+    (tmp_path / "runs" / "glow-digits" / "config.json").write_text("{}")
+    (tmp_path / "runs" / "glow-digits-2").mkdir()  # empty: free to use
+    assert cli.main(["train"]) == 0
+    cfg, workdir, resume = train_calls[0]
+    assert cfg == preset_config("glow-digits") and cfg.data.name == "digits" and not resume
+    assert workdir == Path("runs/glow-digits-2")
+    assert "test bits/dim 1.5000" in capsys.readouterr().err
+
+
+def test_train_data_flags_and_sets_reach_the_config(train_calls: list, tmp_path: Path) -> None:
+    argv = ["train", "--preset", "glow-mnist", "--data", "folder", "--data-dir", "/d"]
+    assert cli.main([*argv, "--out", str(tmp_path / "r"), "--set", "train.lr=3e-4"]) == 0
+    cfg, workdir, _ = train_calls[0]
+    assert cfg.data.name == "folder" and cfg.data.dir == "/d" and workdir == tmp_path / "r"
+    assert cfg.train.lr == 3e-4 and cfg.model.image_shape == (1, 28, 28)
+
+
+def test_unknown_set_key_lists_valid_keys(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["train", "--out", str(tmp_path / "r"), "--set", "model.nope=1"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("imageflows: error: ") and err.count("\n") == 1
+    assert "model.nope" in err and "model.depth" in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_multi_line_errors_print_one_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def broken_train(*args: object, **kwargs: object) -> dict:
+        raise RuntimeError("weights do not fit:\n  missing a\n  missing b")
+
+    monkeypatch.setattr(cli, "train", broken_train)
+    assert cli.main(["train", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err == "imageflows: error: weights do not fit: [2 more lines: rerun with "
+        "IMAGEFLOWS_TRACEBACK=1]\n"
+    )
+    monkeypatch.setenv("IMAGEFLOWS_TRACEBACK", "1")
+    with pytest.raises(RuntimeError, match="missing b"):
+        cli.main(["train", "--out", str(tmp_path / "r")])
+
+
+def test_train_refuses_a_non_empty_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "notes.txt").write_text("mine")
+    assert cli.main(["train", "--out", str(tmp_path / "r")]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert (tmp_path / "r" / "notes.txt").read_text() == "mine"
+
+
+def test_resume_rejects_flags_that_would_change_the_run(
+    run_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["train", "--resume", str(run_dir), "--preset", "glow-mnist"]) == 2
+    assert "--preset" in capsys.readouterr().err
+
+
+def test_eval_of_a_missing_run_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["eval", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"imageflows: error: {tmp_path / 'nope'}: no such run directory\n"
+    assert cli.main(["eval", str(tmp_path)]) == 2
+    assert "no config.json" in capsys.readouterr().err
+
+
+def test_eval_human_output_and_raw_weights(
+    run_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["eval", str(run_dir), "--batch-size", "100"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("test bits/dim ") and "on 360 images of digits" in captured.err
+    assert cli.main(["eval", str(run_dir), "--raw", "--split", "train", "--json"]) == 0
+    result = _json(capsys)
+    assert result["weights"] == "raw" and result["n"] == 1437 and result["step"] == 4
+
+
+def test_eval_iw_samples(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["eval", str(run_dir), "--iw-samples", "2", "--json"]) == 0
+    result = _json(capsys)
+    assert result["iw_samples"] == 2 and math.isfinite(result["bpd"]) and result["bpd"] > 0
+    assert cli.main(["eval", str(run_dir), "--iw-samples", "0"]) == 2
+
+
+def test_sample_single_temperature(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "deep" / "t.png"
+    argv = ["sample", str(run_dir), "--n", "6", "--temperature", "0.5", "--nrow", "6"]
+    assert cli.main([*argv, "--out", str(out), "--json"]) == 0
+    result = _json(capsys)
+    assert result["out"] == str(out) and result["temperatures"] == [0.5] and out.is_file()
+    argv = ["sample", str(run_dir), "--temperatures", "0,1", "--nrow", "2"]
+    assert cli.main([*argv, "--out", str(tmp_path / "x.png")]) == 2
+    assert "--nrow" in capsys.readouterr().err
+
+
+def test_presets_lists_parameter_counts(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["presets", "--json"]) == 0
+    rows = {row["name"]: row for row in _json(capsys)["presets"]}
+    assert {"glow-digits", "glow-mnist", "glow-cifar10"} <= set(rows)
+    model = build_model(preset_config("glow-digits").model)
+    assert rows["glow-digits"]["parameters"] == sum(p.numel() for p in model.parameters())
+    assert cli.main(["presets"]) == 0
+    assert "glow-cifar10" in capsys.readouterr().err
+
+
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["sample", "RUN", "--temperature", "1", "--temperatures", "0,1"])
+    assert exit_info.value.code == 2
+    assert "not allowed with" in capsys.readouterr().err
