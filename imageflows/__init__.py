@@ -3,7 +3,15 @@
 from . import layers, nets
 from .config import Config, ConfigError
 from .metrics import bits_per_dim, evaluate
-from .models import PRESETS, FlowModel, Glow, build_model, from_preset, preset_config
+from .models import (
+    PRESETS,
+    FlowModel,
+    FlowPlusPlus,
+    Glow,
+    build_model,
+    from_preset,
+    preset_config,
+)
 from .train import load
 
 __all__ = [
@@ -11,6 +19,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "FlowModel",
+    "FlowPlusPlus",
     "Glow",
     "bits_per_dim",
     "build_model",

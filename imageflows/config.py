@@ -24,15 +24,21 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class ModelConfig:
-    type: str = "glow"  # builder: "glow"
+    type: str = "glow"  # builder: "glow" | "flowpp"
     image_shape: tuple[int, int, int] = (1, 8, 8)  # (C, H, W) of the modelled images
     num_levels: int = 17  # N, the number of pixel levels the model sees (2**n_bits)
     levels: int = 2  # Glow's L: number of scales
     depth: int = 8  # Glow's K: flow steps per scale
     hidden_channels: int = 64  # width of each coupling's conditioner
-    coupling: str = "affine"  # element-wise map of the couplings: "additive" | "affine"
-    permutation: str = "conv1x1_lu"  # "reverse" | "shuffle" | "conv1x1" | "conv1x1_lu"
-    dequantization: str = "uniform"  # q(u|x): "uniform"
+    coupling: str = "affine"  # the couplings' element-wise map: "additive" | "affine" | "mixture"
+    components: int = 32  # logistics per element of a "mixture" coupling (Flow++: 32)
+    permutation: str = "conv1x1_lu"  # "none" | "reverse" | "shuffle" | "conv1x1" | "conv1x1_lu"
+    dequantization: str = "uniform"  # q(u|x): "uniform" | "variational" (Flow++'s flow)
+    layout: str = "4cb,sq,2ch,3cb"  # Flow++: Ncb, Nch = N checkerboard, channel steps; sq
+    blocks: int = 10  # Flow++: gated conv + attention blocks per conditioner
+    heads: int = 4  # Flow++: attention heads (hidden_channels must divide by it)
+    attention: bool = True  # Flow++: self-attention in the conditioners (off: pointwise layer)
+    dropout: float = 0.2  # Flow++: dropout probability inside the conditioners
     memory_saving: bool = False  # back-propagate through inverses: memory constant in depth
 
 
@@ -59,6 +65,10 @@ class TrainConfig:
     checkpoint_every: int = 500  # steps between checkpoints (and at the end)
     keep_checkpoints: int = 3  # most recent checkpoints kept on disk
     log_every: int = 50  # steps between metrics.jsonl training records
+    precision: str = "fp32"  # "fp32" | "bf16": conditioners in bf16 autocast when training
+    max_bad_steps: int = 10  # consecutive non-finite steps before reloading the last checkpoint
+    lr_backoff: float = 0.5  # learning-rate factor applied at each such reload
+    tensorboard: bool = False  # also write TensorBoard event files (needs the `tb` extra)
 
 
 @dataclass(frozen=True)

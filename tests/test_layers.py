@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import imageflows.layers as L
-from imageflows.nets import GlowConditioner, ZeroConv2d
+from imageflows.nets import FlowppConditioner, GlowConditioner, ZeroConv2d
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,17 @@ class Case:
 def _coupling(transform: L.ElementwiseMap, channels: int = 4) -> L.Coupling:
     c_id, c_tr = channels // 2, channels - channels // 2
     return L.Coupling(GlowConditioner(c_id, transform.num_params * c_tr, 8), transform)
+
+
+def _flowpp_coupling(
+    transform: L.ElementwiseMap, shape: tuple[int, int, int], attention: bool = True
+) -> L.Coupling:
+    """A Flow++ coupling on the column halves of a `shape` input (checkerboard split)."""
+    c, h, w = shape
+    net = FlowppConditioner(
+        c, transform.num_params * c, 8, 1, (h, w // 2), heads=2, attention=attention
+    )
+    return L.Coupling(net, transform, L.CheckerboardSplit())
 
 
 CASES = [
@@ -58,6 +69,34 @@ CASES = [
         (4, 2, 2),
     ),
     Case("inverse_of_coupling", lambda: L.Inverse(_coupling(L.Affine())), (4, 2, 2)),
+    # Flow++ (a sigmoid in front keeps the logit's input inside (0, 1) both ways)
+    Case("logit", lambda: L.Sequential([L.Inverse(L.Logit(0.0)), L.Logit()]), (2, 2, 3)),
+    Case("coupling_mixture", lambda: _coupling(L.MixtureCDF(3)), (4, 3, 3)),
+    Case("coupling_mixture_odd", lambda: _coupling(L.MixtureCDF(1), 3), (3, 2, 2)),
+    Case(
+        "coupling_mixture_checkerboard",
+        lambda: _flowpp_coupling(L.MixtureCDF(2), (2, 3, 4)),
+        (2, 3, 4),
+    ),
+    Case(
+        "coupling_affine_checkerboard_no_attention",
+        lambda: _flowpp_coupling(L.Affine(), (2, 2, 4), attention=False),
+        (2, 2, 4),
+    ),
+    Case("swap_checkerboard", lambda: L.SwapHalves(L.CheckerboardSplit()), (2, 3, 4)),
+    Case("swap_channels", lambda: L.SwapHalves(L.ChannelSplit()), (4, 2, 2)),
+    Case(
+        "flowpp_step",
+        lambda: L.Sequential(
+            [
+                L.ActNorm((3, 2, 4)),
+                L.InvConv1x1(3),
+                _flowpp_coupling(L.MixtureCDF(2), (3, 2, 4)),
+                L.SwapHalves(L.CheckerboardSplit()),
+            ]
+        ),
+        (3, 2, 4),
+    ),
 ]
 
 

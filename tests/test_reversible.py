@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import imageflows as imf
@@ -25,9 +26,18 @@ def saved_bytes(fn) -> int:
     return sum(storages.values())
 
 
-def _pair(depth: int, dtype=torch.float64) -> tuple[imf.Glow, imf.Glow, torch.Tensor]:
+def _pair(
+    depth: int, dtype=torch.float64, permutation: str = "conv1x1_lu"
+) -> tuple[imf.Glow, imf.Glow, torch.Tensor]:
     torch.manual_seed(0)
-    options = dict(image_shape=(2, 8, 8), levels=2, depth=depth, hidden_channels=8, num_levels=16)
+    options = dict(
+        image_shape=(2, 8, 8),
+        levels=2,
+        depth=depth,
+        hidden_channels=8,
+        num_levels=16,
+        permutation=permutation,
+    )
     plain = imf.Glow(**options).to(dtype)
     x = random_images(plain, n=8)
     plain.initialize(x)
@@ -39,8 +49,9 @@ def _pair(depth: int, dtype=torch.float64) -> tuple[imf.Glow, imf.Glow, torch.Te
     return plain, saving, x
 
 
-def test_gradients_equal_ordinary_autograd() -> None:
-    plain, saving, x = _pair(depth=3)
+@pytest.mark.parametrize("permutation", ["conv1x1_lu", "reverse"])
+def test_gradients_equal_ordinary_autograd(permutation: str) -> None:
+    plain, saving, x = _pair(depth=3, permutation=permutation)
     for model in (plain, saving):
         loss = -model.log_prob(x, generator=torch.Generator().manual_seed(0)).mean()
         loss.backward()

@@ -3,7 +3,7 @@
 from .actnorm import ActNorm
 from .base import Bijection, DataInit, Inverse, Sequential, initialize
 from .conv1x1 import InvConv1x1, InvConv1x1LU
-from .coupling import ChannelSplit, Coupling
+from .coupling import ChannelSplit, CheckerboardSplit, Coupling, SwapHalves
 from .elementwise import (
     Additive,
     Affine,
@@ -11,6 +11,16 @@ from .elementwise import (
     Shift,
     Standardize,
     standard_normal_log_prob,
+)
+from .logit import Logit
+from .mixture import (
+    Mixture,
+    MixtureCDF,
+    bisect_mixture_cdf,
+    mixture_inverse_stats,
+    mixture_log_terms,
+    mixture_params,
+    solve_mixture_logit,
 )
 from .permutations import ChannelPermutation, Reverse, Shuffle
 from .prior import FactorOut, LearnedPrior
@@ -24,6 +34,7 @@ __all__ = [
     "Bijection",
     "ChannelPermutation",
     "ChannelSplit",
+    "CheckerboardSplit",
     "Coupling",
     "DataInit",
     "ElementwiseMap",
@@ -32,6 +43,9 @@ __all__ = [
     "InvConv1x1",
     "InvConv1x1LU",
     "LearnedPrior",
+    "Logit",
+    "Mixture",
+    "MixtureCDF",
     "Reverse",
     "Reversible",
     "Sequential",
@@ -39,6 +53,12 @@ __all__ = [
     "Shuffle",
     "Squeeze",
     "Standardize",
+    "SwapHalves",
+    "bisect_mixture_cdf",
     "initialize",
+    "mixture_inverse_stats",
+    "mixture_log_terms",
+    "mixture_params",
+    "solve_mixture_logit",
     "standard_normal_log_prob",
 ]

@@ -14,6 +14,12 @@ def _random_rotation(channels: int) -> Tensor:
     return q
 
 
+def _no_autocast(x: Tensor) -> torch.autocast:
+    """W x in x's dtype even under bf16 autocast: unlike a coupling's conditioner, W lies on the
+    flow's main path, and a rounded W (or W⁻¹) would make the layer inexact to invert."""
+    return torch.autocast(x.device.type, enabled=False)
+
+
 class InvConv1x1(Bijection):
     """z = W x at every pixel; log|det| = H·W·log|det W| (Glow eq. 9).
 
@@ -30,13 +36,15 @@ class InvConv1x1(Bijection):
         return self.weight, torch.linalg.slogdet(self.weight)[1]
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        weight, logabsdet = self.matrix()
-        z = F.conv2d(x, weight[:, :, None, None])
+        with _no_autocast(x):
+            weight, logabsdet = self.matrix()
+            z = F.conv2d(x, weight[:, :, None, None])
         return z, (logabsdet * x[0, 0].numel()).expand(x.shape[0])
 
     def inverse(self, z: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        weight, logabsdet = self.matrix()
-        x = F.conv2d(z, torch.linalg.inv(weight)[:, :, None, None])
+        with _no_autocast(z):
+            weight, logabsdet = self.matrix()
+            x = F.conv2d(z, torch.linalg.inv(weight)[:, :, None, None])
         return x, (-logabsdet * z[0, 0].numel()).expand(z.shape[0])
 
 

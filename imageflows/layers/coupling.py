@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import Bijection
+from .base import Bijection, zero_logdet
 from .elementwise import ElementwiseMap
 
 
@@ -18,6 +18,48 @@ class ChannelSplit(nn.Module):
 
     def merge(self, x_id: Tensor, x_tr: Tensor) -> Tensor:
         return torch.cat([x_id, x_tr], dim=1)
+
+
+class CheckerboardSplit(nn.Module):
+    """Split alternate columns: the even ones condition, the odd ones are transformed.
+
+    The official Flow++ code's "checkerboard" (`CheckerboardSplit`): each half is
+    `[B, C, H, W/2]`, so the conditioner runs at half the width, half the cost of a masked
+    checkerboard.
+    """
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if x.shape[-1] % 2:
+            raise ValueError(f"CheckerboardSplit needs an even width, got {x.shape[-1]}")
+        pairs = x.unflatten(-1, (-1, 2))  # (B, C, H, W/2, 2)
+        return pairs[..., 0], pairs[..., 1]  # (B, C, H, W/2) each
+
+    def merge(self, x_id: Tensor, x_tr: Tensor) -> Tensor:
+        return torch.stack([x_id, x_tr], dim=-1).flatten(-2)  # (B, C, H, W)
+
+
+class SwapHalves(Bijection):
+    """Exchange the two halves of a split, so the next coupling transforms the other half.
+
+    Flow++'s `TupleFlip`; an involution and a permutation, so log|det| = 0. The halves must
+    have the same shape (an even channel count for `ChannelSplit`).
+    """
+
+    def __init__(self, split: nn.Module) -> None:
+        super().__init__()
+        self.split = split
+
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        first, second = self.split(x)
+        if first.shape != second.shape:
+            raise ValueError(
+                f"SwapHalves needs halves of equal shape, got {list(first.shape)} and "
+                f"{list(second.shape)}"
+            )
+        return self.split.merge(second, first), zero_logdet(x)
+
+    def inverse(self, z: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return self.forward(z, cond)
 
 
 class Coupling(Bijection):

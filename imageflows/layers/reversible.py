@@ -42,6 +42,20 @@ def _replay_rng(
         yield
 
 
+def _autocast_state(device: torch.device) -> dict:
+    """The autocast setting of the forward pass, as `torch.autocast` arguments.
+
+    Backward runs outside the forward's autocast region (on another thread for CUDA), so the
+    recomputation re-enters it: a conditioner must see the same precision in both passes to give
+    the same output, which is what makes the coupling exactly invertible.
+    """
+    return {
+        "device_type": device.type,
+        "dtype": torch.get_autocast_dtype(device.type),
+        "enabled": torch.is_autocast_enabled(device.type),
+    }
+
+
 class _BackpropThroughInverse(torch.autograd.Function):
     """(x, cond, *params) ↦ (z, logdet) of a `Sequential`, saving z and cond only."""
 
@@ -49,6 +63,7 @@ class _BackpropThroughInverse(torch.autograd.Function):
     def forward(ctx, body: Sequential, x: Tensor, cond: Tensor | None, *params: Tensor):
         ctx.body = body
         ctx.rng_states = []
+        ctx.autocast = _autocast_state(x.device)
         with torch.no_grad():
             z, logdet = x, x.new_zeros(x.shape[0])
             for layer in body.layers:
@@ -70,17 +85,22 @@ class _BackpropThroughInverse(torch.autograd.Function):
         grad_cond = None
         z = z.detach()
         for layer, rng in zip(reversed(ctx.body.layers), reversed(ctx.rng_states), strict=True):
-            with torch.no_grad(), _replay_rng(rng, z.device):
+            with torch.no_grad(), _replay_rng(rng, z.device), torch.autocast(**ctx.autocast):
                 x = layer.inverse(z, cond)[0]
-            with torch.enable_grad(), _replay_rng(rng, z.device):
+            with torch.enable_grad(), _replay_rng(rng, z.device), torch.autocast(**ctx.autocast):
                 x = x.detach().requires_grad_(True)
                 c = cond.detach().requires_grad_(True) if cond_needs_grad else cond
                 z_again, logdet = layer(x, c)
-                wrt = [x, *([c] if cond_needs_grad else []), *layer.parameters()]
-                wrt = [t for t in wrt if t.requires_grad]
-                got = torch.autograd.grad(
-                    (z_again, logdet), wrt, (grad_z, grad_logdet), allow_unused=True
-                )
+            wrt = [x, *([c] if cond_needs_grad else []), *layer.parameters()]
+            wrt = [t for t in wrt if t.requires_grad]
+            # Outside autocast, like any backward pass (autocast would recast its matmuls).
+            # a volume-preserving layer's log-det is a constant with no graph
+            outputs = [
+                (t, g) for t, g in ((z_again, grad_z), (logdet, grad_logdet)) if t.requires_grad
+            ]
+            got = torch.autograd.grad(
+                [t for t, _ in outputs], wrt, [g for _, g in outputs], allow_unused=True
+            )
             grad_z = got[0]
             for tensor, g in zip(wrt[1:], got[1:], strict=True):
                 if g is None:
@@ -98,7 +118,7 @@ class Reversible(Sequential):
 
     Same map, log-det and state_dict keys as the plain chain; in training only the chain's
     output is kept for the backward pass, so activation memory is constant in the number of
-    layers. Dropout masks are replayed from the forward pass's RNG state, as
+    layers. Dropout masks and the autocast state are replayed from the forward pass, as
     `torch.utils.checkpoint` does.
     """
 

@@ -1,28 +1,38 @@
-"""Glow (and later Flow++) models built from `imageflows.layers`, presets and the builder."""
+"""Glow and Flow++ models built from `imageflows.layers`, presets and the builder."""
 
 from __future__ import annotations
 
 from ..config import ModelConfig
 from .base import FlowModel
+from .flowpp import FlowPlusPlus
 from .glow import Glow
 from .presets import PRESETS, preset_config
 
 
 def build_model(cfg: ModelConfig) -> FlowModel:
     """The model a `ModelConfig` describes (`cfg.type` picks the builder)."""
-    if cfg.type != "glow":
-        raise ValueError(f"unknown model.type {cfg.type!r}; choose one of ['glow']")
-    return Glow(
+    shared = dict(
         image_shape=cfg.image_shape,
-        levels=cfg.levels,
-        depth=cfg.depth,
         hidden_channels=cfg.hidden_channels,
         coupling=cfg.coupling,
         permutation=cfg.permutation,
         dequantization=cfg.dequantization,
         num_levels=cfg.num_levels,
         memory_saving=cfg.memory_saving,
+        components=cfg.components,
     )
+    if cfg.type == "glow":
+        return Glow(levels=cfg.levels, depth=cfg.depth, **shared)
+    if cfg.type == "flowpp":
+        return FlowPlusPlus(
+            layout=cfg.layout,
+            blocks=cfg.blocks,
+            heads=cfg.heads,
+            attention=cfg.attention,
+            dropout=cfg.dropout,
+            **shared,
+        )
+    raise ValueError(f"unknown model.type {cfg.type!r}; choose one of ['flowpp', 'glow']")
 
 
 def from_preset(name: str) -> FlowModel:
@@ -30,4 +40,12 @@ def from_preset(name: str) -> FlowModel:
     return build_model(preset_config(name).model)
 
 
-__all__ = ["PRESETS", "FlowModel", "Glow", "build_model", "from_preset", "preset_config"]
+__all__ = [
+    "PRESETS",
+    "FlowModel",
+    "FlowPlusPlus",
+    "Glow",
+    "build_model",
+    "from_preset",
+    "preset_config",
+]

@@ -79,6 +79,8 @@ class FlowModel(nn.Module):
             raise RuntimeError("model is already initialised; pass force=True to redo it")
         dtype, device = self._float()
         generator = torch.Generator(device=device).manual_seed(0)
+        if hasattr(self.dequantizer, "initialize"):  # a learned q(u|x) initialises first
+            self.dequantizer.initialize(x.to(device), self.num_levels, dtype, generator)
         y, _ = self.dequantizer(x.to(device), self.num_levels, dtype, generator)
         initialize(self.flow, y)
         self.initialized.fill_(True)

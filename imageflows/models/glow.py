@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from torch import nn
+
 from ..layers import (
     ActNorm,
     Additive,
@@ -13,6 +15,7 @@ from ..layers import (
     InvConv1x1LU,
     Inverse,
     LearnedPrior,
+    MixtureCDF,
     Reverse,
     Reversible,
     Sequential,
@@ -25,8 +28,13 @@ from ..layers.elementwise import ElementwiseMap
 from ..nets import GlowConditioner, ZeroConv2d
 from .base import FlowModel
 from .dequantize import UniformDequantizer
+from .variational import VariationalDequantizer
 
-COUPLINGS: dict[str, type[ElementwiseMap]] = {"additive": Additive, "affine": Affine}
+COUPLINGS: dict[str, type[ElementwiseMap]] = {
+    "additive": Additive,
+    "affine": Affine,
+    "mixture": MixtureCDF,
+}
 PERMUTATIONS: dict[str, type[Bijection] | None] = {
     "none": None,
     "reverse": Reverse,
@@ -34,13 +42,27 @@ PERMUTATIONS: dict[str, type[Bijection] | None] = {
     "conv1x1": InvConv1x1,
     "conv1x1_lu": InvConv1x1LU,
 }
-DEQUANTIZERS = {"uniform": UniformDequantizer}
+DEQUANTIZERS = {"uniform": UniformDequantizer, "variational": VariationalDequantizer}
 
 
 def _choice(name: str, value: str, options: dict) -> object:
     if value not in options:
         raise ValueError(f"unknown {name} {value!r}; choose one of {sorted(options)}")
     return options[value]
+
+
+def make_transform(coupling: str, components: int) -> ElementwiseMap:
+    """A coupling's element-wise map by name; "mixture" has `components` logistics."""
+    kind = _choice("coupling", coupling, COUPLINGS)
+    return kind(components) if kind is MixtureCDF else kind()
+
+
+def make_dequantizer(
+    dequantization: str, image_shape: tuple[int, int, int], **variational: object
+) -> nn.Module:
+    """q(u|x) by name; `variational` are `VariationalDequantizer`'s keyword arguments."""
+    kind = _choice("dequantization", dequantization, DEQUANTIZERS)
+    return kind(image_shape, **variational) if kind is VariationalDequantizer else kind()
 
 
 def resolve_levels(n_bits: int | None, num_levels: int | None) -> int:
@@ -58,10 +80,10 @@ def resolve_levels(n_bits: int | None, num_levels: int | None) -> int:
 
 
 def glow_step(
-    channels: int, hidden_channels: int, coupling: str, permutation: str
+    channels: int, hidden_channels: int, coupling: str, permutation: str, components: int = 32
 ) -> list[Bijection]:
     """actnorm → permutation → coupling (Glow section 3, Figure 2a)."""
-    transform = _choice("coupling", coupling, COUPLINGS)()
+    transform = make_transform(coupling, components)
     permute = _choice("permutation", permutation, PERMUTATIONS)
     conditioner = GlowConditioner(
         channels // 2, transform.num_params * (channels - channels // 2), hidden_channels
@@ -81,6 +103,7 @@ def glow_level(
     coupling: str,
     permutation: str,
     memory_saving: bool = False,
+    components: int = 32,
 ) -> Bijection:
     """squeeze → K steps → [split prior, recurse on the kept half | top prior] → unsqueeze.
 
@@ -93,7 +116,7 @@ def glow_level(
     steps = chain(
         layer
         for _ in range(depth)
-        for layer in glow_step(c, hidden_channels, coupling, permutation)
+        for layer in glow_step(c, hidden_channels, coupling, permutation, components)
     )
     if levels == 1:
         head: list[Bijection] = [LearnedPrior(c)]
@@ -102,7 +125,14 @@ def glow_level(
         # coupling whose conditioner is one zero-initialised convolution
         split_prior = Coupling(ZeroConv2d(c // 2, 2 * (c - c // 2)), Standardize())
         inner = glow_level(
-            c // 2, levels - 1, depth, hidden_channels, coupling, permutation, memory_saving
+            c // 2,
+            levels - 1,
+            depth,
+            hidden_channels,
+            coupling,
+            permutation,
+            memory_saving,
+            components,
         )
         head = [split_prior, FactorOut(inner)]
     return Sequential([Squeeze(), steps, *head, Inverse(Squeeze())])
@@ -114,7 +144,8 @@ class Glow(FlowModel):
     The defaults are the paper's CIFAR-10 model (L=3, K=32, 512 channels, affine coupling,
     LU-decomposed 1x1 convolutions, 8 bits). H and W must be divisible by 2^L. With
     `memory_saving`, each level's K steps back-propagate through their inverse (`Reversible`),
-    so training activation memory does not grow with K.
+    so training activation memory does not grow with K. Flow++'s components mix in by name:
+    `coupling="mixture"` (with `components` logistics) and `dequantization="variational"`.
     """
 
     def __init__(
@@ -129,6 +160,7 @@ class Glow(FlowModel):
         n_bits: int | None = None,
         num_levels: int | None = None,
         memory_saving: bool = False,
+        components: int = 32,
     ) -> None:
         c, h, w = image_shape
         if levels < 1 or depth < 1 or hidden_channels < 1:
@@ -142,10 +174,17 @@ class Glow(FlowModel):
             [
                 Shift(-0.5),
                 glow_level(
-                    c, levels, depth, hidden_channels, coupling, permutation, memory_saving
+                    c,
+                    levels,
+                    depth,
+                    hidden_channels,
+                    coupling,
+                    permutation,
+                    memory_saving,
+                    components,
                 ),
             ]
         )
-        dequantizer = _choice("dequantization", dequantization, DEQUANTIZERS)()
+        dequantizer = make_dequantizer(dequantization, image_shape, components=components)
         super().__init__(image_shape, resolve_levels(n_bits, num_levels), flow, dequantizer)
         self.levels, self.depth, self.hidden_channels = levels, depth, hidden_channels

@@ -1,5 +1,31 @@
 """Conditioner networks: plain modules with no log-det."""
 
+from .flowpp import (
+    ChannelLayerNorm,
+    ContextNet,
+    ConvAttnBlock,
+    FlowppConditioner,
+    GatedAttention,
+    GatedConv,
+    GatedPointwise,
+    WNConv2d,
+    concat_elu,
+    gate,
+)
 from .glow import ActNormNet, GlowConditioner, ZeroConv2d
 
-__all__ = ["ActNormNet", "GlowConditioner", "ZeroConv2d"]
+__all__ = [
+    "ActNormNet",
+    "ChannelLayerNorm",
+    "ContextNet",
+    "ConvAttnBlock",
+    "FlowppConditioner",
+    "GatedAttention",
+    "GatedConv",
+    "GatedPointwise",
+    "GlowConditioner",
+    "WNConv2d",
+    "ZeroConv2d",
+    "concat_elu",
+    "gate",
+]

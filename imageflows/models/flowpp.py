@@ -1,0 +1,108 @@
+"""Flow++ (Ho et al. 2019): logit, then a layout of checkerboard and channel coupling stages."""
+
+from __future__ import annotations
+
+import re
+from functools import partial
+
+from ..layers import Bijection, Inverse, Logit, Reversible, Sequential, Squeeze
+from ..nets import FlowppConditioner
+from .base import FlowModel
+from .glow import PERMUTATIONS, _choice, make_dequantizer, make_transform, resolve_levels
+from .variational import flowpp_step
+
+_STAGE = re.compile(r"(\d+)(cb|ch)|sq")
+
+
+def parse_layout(layout: str) -> list[tuple[str, int]]:
+    """ "4cb,sq,2ch,3cb" → [("cb", 4), ("sq", 1), ("ch", 2), ("cb", 3)]."""
+    stages = []
+    for token in layout.split(","):
+        match = _STAGE.fullmatch(token.strip())
+        if match is None or (match[1] is not None and int(match[1]) < 1):
+            raise ValueError(
+                f"bad stage {token.strip()!r} in layout {layout!r}; expected comma-separated "
+                "'Ncb' (N checkerboard steps), 'Nch' (N channel steps) or 'sq' (squeeze), "
+                "e.g. '4cb,sq,2ch,3cb'"
+            )
+        stages.append(("sq", 1) if match[2] is None else (match[2], int(match[1])))
+    return stages
+
+
+def _check_stage(kind: str, shape: tuple[int, int, int], layout: str) -> None:
+    c, h, w = shape
+    problem = {
+        "sq": "an even height and width" if h % 2 or w % 2 else None,
+        "cb": "an even width" if w % 2 else None,
+        "ch": "an even number of channels" if c % 2 else None,
+    }[kind]
+    if problem:
+        raise ValueError(
+            f"layout {layout!r}: stage {kind!r} needs {problem}, got shape {c}x{h}x{w} there"
+        )
+
+
+class FlowPlusPlus(FlowModel):
+    """Flow++: eps = unsqueeze(stages(logit(0.05 + 0.9·y))), no factor-out (Flow++ section 3).
+
+    The defaults are the paper's CIFAR-10 model (official code): layout `4cb,sq,2ch,3cb`, 10
+    blocks of 96 filters with 4-head attention, 32 logistics per mixture coupling, dropout 0.2,
+    invertible 1x1 convolutions and a variational dequantizer of 4 mixture couplings (2 blocks
+    each) on a context network. A step is per-element actnorm → permutation → coupling → swap.
+    `coupling` ∈ {mixture, affine, additive} and `permutation`, `dequantization` ∈ {variational,
+    uniform} and `attention` switch the paper's components; `memory_saving` back-propagates each
+    stage through its inverse.
+    """
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int] = (3, 32, 32),
+        layout: str = "4cb,sq,2ch,3cb",
+        hidden_channels: int = 96,
+        blocks: int = 10,
+        components: int = 32,
+        heads: int = 4,
+        attention: bool = True,
+        dropout: float = 0.2,
+        coupling: str = "mixture",
+        permutation: str = "conv1x1",
+        dequantization: str = "variational",
+        n_bits: int | None = None,
+        num_levels: int | None = None,
+        memory_saving: bool = False,
+    ) -> None:
+        net = dict(
+            hidden_channels=hidden_channels,
+            heads=heads,
+            attention=attention,
+            dropout=dropout,
+        )
+        conditioner = partial(FlowppConditioner, blocks=blocks, **net)
+        permute = _choice("permutation", permutation, PERMUTATIONS)
+        chain = Reversible if memory_saving else Sequential
+        shape = tuple(image_shape)
+        layers: list[Bijection] = [Logit(0.05)]
+        squeezes = 0
+        for kind, count in parse_layout(layout):
+            _check_stage(kind, shape, layout)
+            if kind == "sq":
+                layers.append(Squeeze())
+                squeezes += 1
+                shape = (4 * shape[0], shape[1] // 2, shape[2] // 2)  # (4C, H/2, W/2)
+                continue
+            steps = [
+                layer
+                for _ in range(count)
+                for layer in flowpp_step(
+                    shape, kind, make_transform(coupling, components), permute, conditioner
+                )
+            ]
+            layers.append(chain(steps))
+        layers += [Inverse(Squeeze()) for _ in range(squeezes)]  # back to (C, H, W)
+        dequantizer = make_dequantizer(
+            dequantization, tuple(image_shape), blocks=2, components=components, **net
+        )
+        super().__init__(
+            image_shape, resolve_levels(n_bits, num_levels), Sequential(layers), dequantizer
+        )
+        self.layout, self.hidden_channels, self.blocks = layout, hidden_channels, blocks
