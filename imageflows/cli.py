@@ -11,6 +11,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,10 +22,12 @@ import torch
 from imageflows.bench import describe_model, format_table, run_bench
 from imageflows.config import Config
 from imageflows.data import load_dataset, prepare
+from imageflows.explore import write_interpolation, write_manipulation
 from imageflows.images import save_grid
 from imageflows.latent import temperature_rows
 from imageflows.metrics import evaluate
 from imageflows.models import PRESETS, build_model, preset_config
+from imageflows.report import write_report
 from imageflows.train import load, train
 from imageflows.train.checkpoint import list_checkpoints
 
@@ -145,6 +148,78 @@ def build_parser() -> argparse.ArgumentParser:
     bench_cmd.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
 
     _command(commands, "presets", _presets, "list the named presets with parameter counts")
+
+    interpolate_cmd = _command(
+        commands, "interpolate", _interpolate, "interpolate between the latents of real images"
+    )
+    _add_run_data(interpolate_cmd)
+    interpolate_cmd.add_argument(
+        "--pairs",
+        type=_pairs,
+        required=True,
+        metavar="A:B,...",
+        help="image indices of the split to join, one grid row per pair, e.g. 3:17,5:8",
+    )
+    interpolate_cmd.add_argument(
+        "--steps", type=int, default=9, help="frames per row, endpoints included (default 9)"
+    )
+    interpolate_cmd.add_argument(
+        "--spherical", action="store_true", help="spherical (slerp) instead of linear paths"
+    )
+    interpolate_cmd.add_argument(
+        "--out", default="interpolation.png", help="PNG to write (default interpolation.png)"
+    )
+
+    manipulate_cmd = _command(
+        commands, "manipulate", _manipulate, "edit real images along an attribute direction"
+    )
+    _add_run_data(manipulate_cmd)
+    # "--alphas -2,-1,0" must read as a value, not an option: Python 3.13's rule for arguments
+    # that look like negative numbers, on older Pythons too.
+    manipulate_cmd._negative_number_matcher = re.compile(r"^-\.?\d")
+    manipulate_cmd.add_argument(
+        "--attribute",
+        required=True,
+        help="a class name of the dataset (e.g. 3 for a digit) or an --attr-file column",
+    )
+    manipulate_cmd.add_argument(
+        "--alphas",
+        type=_floats,
+        default=[-2.0, -1.0, 0.0, 1.0, 2.0],
+        metavar="A1,A2,...",
+        help="multiples of the direction, one grid row each (default -2,-1,0,1,2)",
+    )
+    manipulate_cmd.add_argument(
+        "--images",
+        type=_ints,
+        default=[0, 1, 2, 3],
+        metavar="I1,I2,...",
+        help="image indices of the split to edit, one grid column each (default 0,1,2,3)",
+    )
+    manipulate_cmd.add_argument(
+        "--attr-file",
+        help="CelebA-style attribute file (list_attr_celeba.txt) for a folder dataset",
+    )
+    manipulate_cmd.add_argument(
+        "--out", default="manipulation.png", help="PNG to write (default manipulation.png)"
+    )
+
+    serve_cmd = _command(commands, "serve", _serve, "a local web page to explore a run's latents")
+    _add_run_data(serve_cmd)
+    serve_cmd.add_argument(
+        "--attr-file",
+        help="CelebA-style attribute file (list_attr_celeba.txt) for a folder dataset",
+    )
+    serve_cmd.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default 127.0.0.1: this machine only; the app has no login)",
+    )
+    serve_cmd.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+
+    report_cmd = _command(commands, "report", _report, "a one-page offline HTML summary of a run")
+    report_cmd.add_argument("run", metavar="RUN", help="run directory")
+    report_cmd.add_argument("--out", help="HTML file to write (default RUN/report.html)")
     return parser
 
 
@@ -165,6 +240,39 @@ def _add_set(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override a config field, e.g. --set train.lr=1e-3 (repeatable)",
     )
+
+
+def _add_run_data(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", metavar="RUN", help="run directory")
+    parser.add_argument("--data", help="dataset name (default: the run's)")
+    parser.add_argument("--data-dir", help="folder holding the dataset files")
+    parser.add_argument("--split", default="test", help="data split (default test)")
+    parser.add_argument("--raw", action="store_true", help="raw weights instead of the EMA")
+
+
+def _data_args(args: argparse.Namespace) -> dict[str, Any]:
+    return {"data": args.data, "data_dir": args.data_dir, "split": args.split}
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+
+
+def _pairs(text: str) -> list[tuple[int, int]]:
+    try:
+        pairs = [
+            tuple(int(i) for i in item.split(":")) for item in text.split(",") if item.strip()
+        ]
+    except ValueError:
+        pairs = []
+    if not pairs or any(len(pair) != 2 for pair in pairs):
+        raise argparse.ArgumentTypeError(f"expected pairs of image indices A:B,C:D, got {text!r}")
+    return pairs
 
 
 def _floats(text: str) -> list[float]:
@@ -310,6 +418,69 @@ def _presets(args: argparse.Namespace) -> Outcome:
         for row in rows
     )
     return {"presets": rows}, message
+
+
+def _interpolate(args: argparse.Namespace) -> Outcome:
+    result = write_interpolation(
+        args.run,
+        args.pairs,
+        args.steps,
+        args.out,
+        spherical=args.spherical,
+        ema=not args.raw,
+        **_data_args(args),
+    )
+    kind = "spherical" if args.spherical else "linear"
+    message = (
+        f"wrote {len(args.pairs)} {kind} interpolation(s) of {args.steps} frames between "
+        f"{result['data']} {args.split} images to {result['out']}"
+    )
+    return result, message
+
+
+def _manipulate(args: argparse.Namespace) -> Outcome:
+    if not args.alphas or not args.images:
+        raise ValueError("--alphas and --images need at least one number each")
+    result = write_manipulation(
+        args.run,
+        args.attribute,
+        args.alphas,
+        args.images,
+        args.out,
+        attr_file=args.attr_file,
+        ema=not args.raw,
+        **_data_args(args),
+    )
+    source = f"read from {result['direction']}" if result["direction_cached"] else "computed"
+    message = (
+        f"wrote {len(args.images)} image(s) edited along {args.attribute!r} "
+        f"(direction {source}: {result['n_positive']} with, {result['n_negative']} without, "
+        f"norm {result['direction_norm']:.2f}) to {result['out']}"
+    )
+    return result, message
+
+
+def _serve(args: argparse.Namespace) -> Outcome:
+    try:
+        from imageflows.serve import serve
+    except ImportError as err:
+        raise RuntimeError(
+            f"imageflows serve needs Flask ({err}); pip install 'imageflows[serve]'"
+        ) from None
+    url = serve(
+        args.run,
+        args.host,
+        args.port,
+        attr_file=args.attr_file,
+        ema=not args.raw,
+        **_data_args(args),
+    )
+    return {"url": url, "run": args.run}, f"stopped serving {url}"
+
+
+def _report(args: argparse.Namespace) -> Outcome:
+    result = write_report(args.run, args.out)
+    return result, f"wrote {result['out']} (open it in any browser, offline)"
 
 
 def _run_config(run: Path) -> Config:

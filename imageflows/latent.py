@@ -1,12 +1,28 @@
 """Operations on the standardised latent eps (DESIGN §1): one tensor holds every level's latents,
-so sampling, interpolation and attribute arithmetic are plain tensor algebra on it."""
+so sampling, interpolation and attribute arithmetic are plain tensor algebra on it.
+
+Everything here needs only `model.encode`, `model.decode` and `model.image_shape`, so it works for
+Glow and Flow++ alike. Images are uint8 `[B, C, H, W]`; latents are float `[B, C, H, W]`.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import math
+import re
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save as save_safetensors_bytes
 from torch import Tensor
+
+from ._io import atomic_write_bytes
+from .models import FlowModel
+
+DIRECTIONS_DIR = "directions"
 
 
 @torch.no_grad()
@@ -27,3 +43,354 @@ def temperature_rows(model, temperatures: Sequence[float], n: int, seed: int = 0
         (n, *model.image_shape), generator=generator, dtype=param.dtype, device=param.device
     )
     return torch.cat([model.decode(t * eps) for t in temperatures])
+
+
+@torch.no_grad()
+def reconstruct(model: FlowModel, images: Tensor) -> Tensor:
+    """decode(encode(x)): equal to `images` for an invertible model (DESIGN §3), uint8."""
+    return model.decode(model.encode(images))
+
+
+def interpolation_path(
+    eps_a: Tensor, eps_b: Tensor, steps: int, spherical: bool = False
+) -> Tensor:
+    """`steps` latents from `eps_a` to `eps_b`, at t = 0, 1/(steps−1), ..., 1.
+
+    Linear: (1 − t)·a + t·b. Spherical (slerp, White 2016, "Sampling generative networks"):
+    sin((1 − t)Ω)/sin Ω · a + sin(tΩ)/sin Ω · b with cos Ω = a·b/(|a||b|), on each example's
+    flattened latent; it falls back to linear where a and b are (anti)parallel. The endpoints are
+    `eps_a` and `eps_b` themselves, bit for bit.
+
+    Args:
+        eps_a, eps_b: latents `[B, C, H, W]` (or `[C, H, W]`) of one shape.
+        steps: number of frames, at least 2.
+
+    Returns:
+        `[B, steps, C, H, W]` (`[steps, C, H, W]` for unbatched input).
+    """
+    if eps_a.shape != eps_b.shape:
+        raise ValueError(f"latents differ in shape: {list(eps_a.shape)} and {list(eps_b.shape)}")
+    if steps < 2:
+        raise ValueError(f"an interpolation needs at least 2 steps (its endpoints), got {steps}")
+    if eps_a.dim() == 3:
+        return interpolation_path(eps_a[None], eps_b[None], steps, spherical)[0]
+    a, b = eps_a.double().flatten(1), eps_b.double().flatten(1)  # (B, D)
+    t = torch.linspace(0, 1, steps, dtype=torch.float64)[None, :, None]  # (1, steps, 1)
+    wa, wb = 1 - t, t
+    if spherical:
+        cos = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-30)
+        omega = torch.arccos(cos.clamp(-1, 1))[:, None, None]  # (B, 1, 1)
+        sin = torch.sin(omega)
+        curved = sin > 1e-6  # slerp's weights are 0/0 for (anti)parallel latents
+        wa = torch.where(curved, torch.sin(wa * omega) / sin, wa)
+        wb = torch.where(curved, torch.sin(wb * omega) / sin, wb)
+    path = (wa * a[:, None] + wb * b[:, None]).to(eps_a.dtype)  # (B, steps, D)
+    path[:, 0], path[:, -1] = eps_a.flatten(1), eps_b.flatten(1)
+    return path.view(len(a), steps, *eps_a.shape[1:])
+
+
+@torch.no_grad()
+def interpolate(
+    model: FlowModel, x_a: Tensor, x_b: Tensor, steps: int, spherical: bool = False
+) -> Tensor:
+    """Decoded frames between the latents of two real images (Glow section 5, Figure 5).
+
+    Frame 0 is decode(encode(x_a)) == x_a and the last frame is x_b.
+
+    Args:
+        x_a, x_b: uint8 images `[B, C, H, W]` (or one image `[C, H, W]` each).
+        steps: frames per interpolation, at least 2.
+        spherical: slerp instead of a straight line (see `interpolation_path`).
+
+    Returns:
+        uint8 `[B, steps, C, H, W]` (`[steps, C, H, W]` for unbatched input).
+    """
+    if x_a.dim() == 3 and x_b.dim() == 3:
+        return interpolate(model, x_a[None], x_b[None], steps, spherical)[0]
+    if x_a.shape != x_b.shape:
+        raise ValueError(f"images differ in shape: {list(x_a.shape)} and {list(x_b.shape)}")
+    path = interpolation_path(model.encode(x_a), model.encode(x_b), steps, spherical)
+    frames = model.decode(path.flatten(0, 1))  # (B·steps, C, H, W)
+    return frames.view(len(x_a), steps, *frames.shape[1:])
+
+
+@torch.no_grad()
+def attribute_directions(
+    model: FlowModel,
+    images: Tensor,
+    signs: Tensor,
+    batch_size: int = 256,
+    names: Sequence[str] | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Attribute directions of Glow section 5 (Figure 6): for each attribute, the mean latent of
+    the examples that have it minus the mean latent of those that do not.
+
+    One pass of batched encoding serves every attribute; sums are kept in float64.
+
+    Args:
+        images: uint8 `[N, C, H, W]`.
+        signs: `[N, A]` (or `[N]` for one attribute): +1 has the attribute, −1 lacks it, 0 is
+            unknown (left out of both means).
+        batch_size: images per `model.encode` call.
+        names: the attributes' names, for error messages.
+
+    Returns:
+        `(directions, counts)`: float32 `[A, C, H, W]` (`[C, H, W]` for 1-D `signs`) and int64
+        `[A, 2]` counts of the positive and negative examples.
+    """
+    if signs.dim() == 1:
+        directions, counts = attribute_directions(model, images, signs[:, None], batch_size, names)
+        return directions[0], counts[0]
+    if signs.dim() != 2 or len(signs) != len(images):
+        raise ValueError(
+            f"signs must be [N, A] with N = {len(images)} images, got {list(signs.shape)}"
+        )
+    if not torch.isin(signs, torch.tensor([-1, 0, 1], dtype=signs.dtype)).all():
+        raise ValueError("signs must hold +1 (has the attribute), -1 (lacks it) or 0 (unknown)")
+    positive, negative = (signs == 1).double(), (signs == -1).double()  # (N, A)
+    counts = torch.stack([positive.sum(0), negative.sum(0)], dim=1).long()  # (A, 2)
+    for column, (n_pos, n_neg) in enumerate(counts.tolist()):
+        if n_pos == 0 or n_neg == 0:
+            name = repr(names[column]) if names is not None else f"column {column}"
+            side = "positive (+1)" if n_pos == 0 else "negative (-1)"
+            raise ValueError(f"attribute {name} has no {side} examples among {len(images)}")
+    sums = torch.zeros(2, signs.shape[1], math.prod(images.shape[1:]), dtype=torch.float64)
+    for start in range(0, len(images), batch_size):
+        eps = model.encode(images[start : start + batch_size]).cpu().double().flatten(1)  # (b, D)
+        rows = slice(start, start + len(eps))
+        sums[0] += positive[rows].T @ eps  # (A, D)
+        sums[1] += negative[rows].T @ eps
+    means = sums / counts.T[:, :, None].double()
+    directions = (means[0] - means[1]).float().view(-1, *images.shape[1:])
+    return directions, counts
+
+
+@torch.no_grad()
+def edit(model: FlowModel, images: Tensor, direction: Tensor, alphas: Sequence[float]) -> Tensor:
+    """decode(encode(x) + α · direction) for each α (Glow section 5, Figure 6).
+
+    α = 0 reproduces the input exactly.
+
+    Args:
+        images: uint8 `[B, C, H, W]`.
+        direction: float `[C, H, W]`, e.g. from `attribute_directions`.
+        alphas: the step sizes, any finite numbers.
+
+    Returns:
+        uint8 `[len(alphas), B, C, H, W]`: one row of edited images per α.
+    """
+    if not alphas:
+        raise ValueError("need at least one alpha")
+    if not all(math.isfinite(a) for a in alphas):
+        raise ValueError(f"alphas must be finite numbers, got {list(alphas)}")
+    eps = model.encode(images)
+    if direction.shape != eps.shape[1:]:
+        raise ValueError(
+            f"direction of shape {list(direction.shape)} does not fit latents "
+            f"{list(eps.shape[1:])}"
+        )
+    step = direction.to(eps.device, eps.dtype)
+    return torch.stack([model.decode(eps + alpha * step) for alpha in alphas])
+
+
+# Directions on disk (DESIGN §4): cached in the run, keyed by step, dataset, split and attribute.
+
+
+def direction_path(
+    run_dir: str | Path, dataset: str, split: str, attribute: str, step: int, ema: bool = True
+) -> Path:
+    """`RUN/directions/<dataset>-<split>-<attribute>-step<N>.safetensors` (`-raw` for raw
+    weights); characters unsafe in file names become `_`."""
+    name = "-".join(
+        re.sub(r"[^A-Za-z0-9_.]", "_", part) or "_" for part in (dataset, split, attribute)
+    )
+    suffix = "" if ema else "-raw"
+    return Path(run_dir) / DIRECTIONS_DIR / f"{name}-step{step}{suffix}.safetensors"
+
+
+def save_direction(path: str | Path, direction: Tensor, metadata: dict[str, str]) -> Path:
+    """Write one direction `[C, H, W]` with string metadata, atomically."""
+    data = save_safetensors_bytes({"direction": direction.detach().cpu().contiguous()}, metadata)
+    return atomic_write_bytes(path, data)
+
+
+def read_direction(path: str | Path) -> tuple[Tensor, dict[str, str]] | None:
+    """`(direction, metadata)` from a file written by `save_direction`; `None` if the file is
+    missing or unreadable (a cache miss: the caller recomputes and rewrites it)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(path, framework="pt") as f:
+            return f.get_tensor("direction"), dict(f.metadata() or {})
+    except (SafetensorError, ValueError, OSError):  # torn, foreign or keyless file
+        return None
+
+
+@dataclass(frozen=True, eq=False)
+class Direction:
+    """An attribute direction in eps space and where it came from.
+
+    Attributes:
+        attribute: the attribute's name.
+        vector: float32 `[C, H, W]`, mean eps with the attribute minus mean eps without.
+        n_positive, n_negative: examples in each mean.
+        path: the cache file, or `None` when not cached on disk.
+        cached: whether it was read from `path` rather than computed.
+    """
+
+    attribute: str
+    vector: Tensor
+    n_positive: int
+    n_negative: int
+    path: Path | None
+    cached: bool
+
+
+def cached_directions(
+    model: FlowModel,
+    images: Tensor,
+    signs: Tensor,
+    attributes: Sequence[str],
+    run_dir: str | Path,
+    dataset: str,
+    split: str,
+    step: int | None,
+    ema: bool = True,
+    batch_size: int = 256,
+) -> dict[str, Direction]:
+    """`attribute_directions` for the columns of `signs` named `attributes`, each read from its
+    `direction_path` when that file was computed from the same images and signs, else computed
+    (all missing ones in one pass) and written there. With `step=None` (a run without
+    checkpoints, so no key) nothing is read or written."""
+    if signs.dim() != 2 or signs.shape[1] != len(attributes):
+        raise ValueError(
+            f"signs must be [N, {len(attributes)}] for attributes {list(attributes)}, "
+            f"got {list(signs.shape)}"
+        )
+    prints = _fingerprints(images, signs)
+    found: dict[str, Direction] = {}
+    if step is not None:
+        for name, digest in zip(attributes, prints, strict=True):
+            path = direction_path(run_dir, dataset, split, name, step, ema)
+            stored = read_direction(path)
+            if stored is not None and stored[1].get("fingerprint") == digest:
+                vector, meta = stored
+                n_pos, n_neg = int(meta["n_positive"]), int(meta["n_negative"])
+                found[name] = Direction(name, vector, n_pos, n_neg, path, cached=True)
+    missing = [k for k, name in enumerate(attributes) if name not in found]
+    if not missing:
+        return found
+    names = [attributes[k] for k in missing]
+    vectors, counts = attribute_directions(model, images, signs[:, missing], batch_size, names)
+    for k, name, vector, (n_pos, n_neg) in zip(
+        missing, names, vectors, counts.tolist(), strict=True
+    ):
+        path = None
+        if step is not None:
+            path = direction_path(run_dir, dataset, split, name, step, ema)
+            meta = {
+                "dataset": dataset,
+                "split": split,
+                "attribute": name,
+                "step": str(step),
+                "weights": "ema" if ema else "raw",
+                "fingerprint": prints[k],
+                "n_positive": str(n_pos),
+                "n_negative": str(n_neg),
+            }
+            save_direction(path, vector, meta)
+        found[name] = Direction(name, vector, n_pos, n_neg, path, cached=False)
+    return {name: found[name] for name in attributes}
+
+
+def _fingerprints(images: Tensor, signs: Tensor) -> list[str]:
+    """Per column of `signs`, the sha256 of the images and that column: a cached direction is
+    reused only for exactly the data it was computed from."""
+    base = hashlib.sha256(str(list(images.shape)).encode())
+    base.update(images.contiguous().cpu().numpy().tobytes())
+    prints = []
+    for column in signs.to(torch.int8).T:
+        digest = base.copy()
+        digest.update(column.contiguous().numpy().tobytes())
+        prints.append(digest.hexdigest())
+    return prints
+
+
+# CelebA-style attribute files.
+
+
+@dataclass(frozen=True, eq=False)
+class AttributeTable:
+    """Binary attributes per image file, as in CelebA's `list_attr_celeba.txt`.
+
+    Attributes:
+        names: the attribute names (columns), e.g. "Smiling".
+        files: the image file names (rows), e.g. "000001.jpg".
+        values: int8 `[len(files), len(names)]` of +1 (has it) and −1 (lacks it).
+    """
+
+    names: list[str]
+    files: list[str]
+    values: Tensor
+
+    def signs_for(self, file_names: Sequence[str]) -> Tensor:
+        """int8 `[len(file_names), A]`: each file's row, matched by base name; 0 for files the
+        table does not list."""
+        row = {name: i for i, name in enumerate(self.files)}
+        signs = torch.zeros(len(file_names), len(self.names), dtype=torch.int8)
+        for i, name in enumerate(file_names):
+            j = row.get(Path(name).name)
+            if j is not None:
+                signs[i] = self.values[j]
+        return signs
+
+
+def read_attribute_file(path: str | Path) -> AttributeTable:
+    """Read a CelebA-style attribute file.
+
+    Format: line 1 the number of images; line 2 the attribute names; then one line per image,
+    `FILENAME v1 v2 ...` with each value +1 or −1 (0 is read as −1, as some re-releases use
+    0/1). Whitespace of any width separates fields.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: a malformed line, naming the file and line number.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such attribute file")
+    lines = path.read_text().splitlines()
+    if len(lines) < 2:
+        raise ValueError(f"{path}: expected a count line and an attribute-name line")
+    try:
+        count = int(lines[0].strip())
+    except ValueError:
+        raise ValueError(f"{path}:1: expected the number of images, got {lines[0]!r}") from None
+    names = lines[1].split()
+    if not names or len(set(names)) != len(names):
+        raise ValueError(f"{path}:2: expected distinct attribute names, got {lines[1]!r}")
+    files, rows = [], []
+    for number, line in enumerate(lines[2:], start=3):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != len(names) + 1:
+            raise ValueError(
+                f"{path}:{number}: expected a file name and {len(names)} values, "
+                f"got {len(fields)} fields"
+            )
+        try:
+            values = [int(v) for v in fields[1:]]
+        except ValueError:
+            raise ValueError(f"{path}:{number}: values must be +1 or -1: {line!r}") from None
+        if any(v not in (-1, 0, 1) for v in values):
+            raise ValueError(f"{path}:{number}: values must be +1 or -1: {line!r}")
+        files.append(fields[0])
+        rows.append([1 if v == 1 else -1 for v in values])
+    if len(files) != count:
+        raise ValueError(f"{path}: line 1 announces {count} images, the file lists {len(files)}")
+    if len(set(files)) != len(files):
+        raise ValueError(f"{path}: a file name is listed more than once")
+    values = torch.tensor(rows, dtype=torch.int8).view(len(files), len(names))
+    return AttributeTable(names, files, values)

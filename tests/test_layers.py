@@ -242,3 +242,22 @@ def test_sequential_sums_logdets_and_inverse_swaps_directions() -> None:
     torch.testing.assert_close(z, b(za)[0])
     torch.testing.assert_close(ld, lda + b(za)[1])
     torch.testing.assert_close(L.Inverse(seq)(z)[0], x)
+
+
+@pytest.mark.parametrize("cls", [L.InvConv1x1, L.InvConv1x1LU])
+def test_conv1x1_cached_kernels_follow_parameter_updates(cls: type[L.InvConv1x1]) -> None:
+    torch.manual_seed(0)
+    layer = cls(3).double()
+    x = torch.randn(2, 3, 2, 2, dtype=torch.float64)
+    with torch.no_grad():
+        before = layer(x)[0]
+        assert torch.equal(layer(x)[0], before)  # served from the cache
+        for p in layer.parameters():
+            p.add_(0.1)  # an optimizer step: in place, bumps the version
+        after, logdet = layer(x)
+        x_back, _ = layer.inverse(after)
+    expected, expected_logdet = layer(x)  # with autograd: no cache
+    torch.testing.assert_close(after, expected.detach())
+    torch.testing.assert_close(logdet, expected_logdet.detach())
+    torch.testing.assert_close(x_back, x)
+    assert not torch.allclose(after, before)

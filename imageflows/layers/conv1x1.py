@@ -30,21 +30,39 @@ class InvConv1x1(Bijection):
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.weight = nn.Parameter(_random_rotation(channels))
+        self._cache: tuple | None = None
 
     def matrix(self) -> tuple[Tensor, Tensor]:
         """W `[C, C]` and log|det W| (a scalar)."""
         return self.weight, torch.linalg.slogdet(self.weight)[1]
 
+    def _kernels(self, inverse: bool) -> tuple[Tensor, Tensor]:
+        """The 1x1 kernel of W (or W⁻¹) `[C, C, 1, 1]` and log|det W|.
+
+        Without autograd (encoding, sampling) both directions are built once per parameter
+        version and reused, instead of an LU product and an inversion per call.
+        """
+        if torch.is_grad_enabled():
+            weight, logabsdet = self.matrix()
+            weight = torch.linalg.inv(weight) if inverse else weight
+            return weight[:, :, None, None], logabsdet
+        key = tuple((p.data_ptr(), p._version) for p in self.parameters())
+        if self._cache is None or self._cache[0] != key:
+            weight, logabsdet = self.matrix()
+            kernels = (weight[:, :, None, None], torch.linalg.inv(weight)[:, :, None, None])
+            self._cache = (key, kernels, logabsdet)
+        return self._cache[1][inverse], self._cache[2]
+
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         with _no_autocast(x):
-            weight, logabsdet = self.matrix()
-            z = F.conv2d(x, weight[:, :, None, None])
+            kernel, logabsdet = self._kernels(inverse=False)
+            z = F.conv2d(x, kernel)
         return z, (logabsdet * x[0, 0].numel()).expand(x.shape[0])
 
     def inverse(self, z: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         with _no_autocast(z):
-            weight, logabsdet = self.matrix()
-            x = F.conv2d(z, torch.linalg.inv(weight)[:, :, None, None])
+            kernel, logabsdet = self._kernels(inverse=True)
+            x = F.conv2d(z, kernel)
         return x, (-logabsdet * z[0, 0].numel()).expand(z.shape[0])
 
 
@@ -65,6 +83,7 @@ class InvConv1x1LU(InvConv1x1):
         self.lower = nn.Parameter(lower * self.lower_mask)
         self.upper = nn.Parameter(upper.triu(1))
         self.log_s = nn.Parameter(s.abs().log())
+        self._cache = None
 
     def matrix(self) -> tuple[Tensor, Tensor]:
         lower = self.lower * self.lower_mask + self.eye
