@@ -41,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result, message = args.handler(args)
-    except (ValueError, TypeError, OSError, RuntimeError) as err:
+    except (ValueError, TypeError, OSError, RuntimeError, ArithmeticError) as err:
         if os.environ.get("IMAGEFLOWS_TRACEBACK"):
             raise
         print(f"imageflows: error: {_one_line(err)}", file=sys.stderr)
@@ -49,6 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("imageflows: interrupted", file=sys.stderr)
         return 130
+    if os.environ.get("RANK", "0") != "0":
+        return 0  # under torchrun, rank 0 alone reports
     if args.json:
         print(json.dumps(result, default=str))
     else:
