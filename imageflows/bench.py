@@ -5,10 +5,14 @@ whole training step's throughput (forward, backward, Adam step; median of repeat
 peak memory, the bytes one training forward saves for backward, sampling time and the exactness
 of `decode(encode(x))`. Peak RSS is a per-process high-water mark: measure one configuration per
 process (one `imageflows bench` invocation each) with nothing else running.
+
+`bench_mixture_inverse` compares the two inverses of Flow++'s mixture CDF on a fixed random set
+of elements: our bracketed Newton solver and the public implementations' 100-step bisection.
 """
 
 from __future__ import annotations
 
+import math
 import platform
 import resource
 import statistics
@@ -21,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from imageflows.config import Config
+from imageflows.layers import mixture_inverse_stats, mixture_log_terms, mixture_params
 from imageflows.metrics import bits_per_dim
 from imageflows.models import build_model
 
@@ -126,9 +131,7 @@ def run_bench(
             "bench needs batch_size, repeats, sample_n, threads >= 1 and warmup >= 0, got "
             f"{batch_size}, {repeats}, {sample_n}, {threads} and {warmup}"
         )
-    device_ = torch.device(device)
-    if device_.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} requested but CUDA is not available")
+    device_ = _check_device(device)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -202,11 +205,176 @@ def format_table(result: dict[str, Any]) -> str:
 def describe_model(model: dict[str, Any]) -> str:
     """One line naming a model config (`Config.to_dict()["model"]`): type, size, components."""
     shape = "x".join(str(s) for s in model["image_shape"])
-    size = f"L={model['levels']} K={model['depth']}" if model["type"] == "glow" else ""
-    return (
-        f"{model['type']} {size} {model['hidden_channels']} channels, {model['coupling']} "
-        f"coupling, {model['permutation']}, {shape} with {model['num_levels']} levels"
-    )
+    if model["type"] == "glow":
+        size = f"L={model['levels']} K={model['depth']}, {model['hidden_channels']} channels"
+    else:
+        attention = "attention" if model["attention"] else "no attention"
+        size = (
+            f"{model['layout']}, {model['blocks']} blocks of {model['hidden_channels']} channels"
+        )
+        size += f" with {attention}"
+    coupling = f"{model['coupling']} coupling"
+    if model["coupling"] == "mixture":
+        coupling += f" ({model['components']} logistics)"
+    parts = [
+        f"{model['type']} {size}",
+        coupling,
+        "no permutation"
+        if model["permutation"] == "none"
+        else f"{model['permutation']} permutation",
+        f"{model['dequantization']} dequantization",
+    ]
+    if model["memory_saving"]:
+        parts.append("memory saving")
+    return ", ".join(parts) + f", {shape} with {model['num_levels']} levels"
+
+
+# The public bisection clips the CDF to [1e-5, 1 − 1e-5], i.e. |σ⁻¹(C)| to ln(1e5 − 1) ≈ 11.5.
+CLIP_LOGIT = math.log(1e5 - 1)
+SOLVERS = {"newton": "Newton (ours)", "bisection": "bisection"}
+
+
+def mixture_inverse_problem(
+    elements: int,
+    components: int,
+    tail_fraction: float = 0.1,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """A fixed random set of mixture-CDF inversions: `(x [n], params [n, 3K + 2], tails [n])`.
+
+    Raw parameters as a conditioner emits them: a ~ N(0, ½²), b ~ N(0, 1), logits and means
+    ~ N(0, 2²), log-scales ~ U(−5, 1). Most x are drawn from each element's own mixture (one
+    component's CDF in [1e-4, 1 − 1e-4]); a `tail_fraction` of them sits t ∈ [12, 40] of the
+    widest scale beyond every mean, so |σ⁻¹(C(x))| ≥ t. `tails` marks the elements with
+    |σ⁻¹(C(x))| > `CLIP_LOGIT`, where the public bisection's clip is active.
+    """
+    g = torch.Generator().manual_seed(seed)
+    n, k = elements, components
+
+    def normal(*shape: int) -> Tensor:
+        return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+    def uniform(low: float, high: float, *shape: int) -> Tensor:
+        return low + (high - low) * torch.rand(*shape, generator=g, dtype=torch.float64)
+
+    logits, means, log_scales = 2 * normal(n, k), 2 * normal(n, k), uniform(-5, 1, n, k)
+    params = torch.cat([0.5 * normal(n, 1), normal(n, 1), logits, means, log_scales], dim=1)
+    pick = torch.multinomial(logits.softmax(dim=1), 1, generator=g)  # (n, 1)
+    u = uniform(1e-4, 1 - 1e-4, n)
+    x = means.gather(1, pick)[:, 0] + log_scales.gather(1, pick)[:, 0].exp() * (u / (1 - u)).log()
+    # every component's (x − μ_k)/σ_k is then at least t in magnitude, and so is the logit
+    reach = means.abs().amax(dim=1) + log_scales.exp().amax(dim=1) * uniform(12, 40, n)
+    sign = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0).double()
+    x = torch.where(torch.rand(n, generator=g) < tail_fraction, sign * reach, x)
+    x, params = x.to(dtype), params.to(dtype)
+    _, _, mixture = mixture_params(params.double(), k)
+    log_cdf, log_sf, _ = mixture_log_terms(x.double(), mixture)
+    return x, params, (log_cdf - log_sf).abs() > CLIP_LOGIT
+
+
+def bench_mixture_inverse(
+    elements: int = 100_000,
+    components: int = 32,
+    repeats: int = 3,
+    warmup: int = 1,
+    threads: int = 2,
+    seed: int = 0,
+    device: str = "cpu",
+    tail_fraction: float = 0.1,
+) -> dict[str, Any]:
+    """Our bracketed Newton inverse of the mixture CDF against the public 100-step bisection.
+
+    Both solve the same `mixture_inverse_problem` in float32 (`mixture_inverse_stats`).
+    Returns a JSON-ready dict with, per solver (`newton`, `bisection`): `iterations`, `seconds`
+    (median of `repeats` after `warmup`), round-trip errors over all elements (`max_abs_error`,
+    `max_rel_error` = max |x̂ − x| / max(1, |x|), `max_logit_error` = max |σ⁻¹(C(x̂)) − v|) and
+    the same split into `bulk_*` and `tails_*`; `speedup` (bisection's seconds over Newton's),
+    plus the device, torch version, threads and problem size.
+    """
+    if elements < 1 or components < 1 or repeats < 1 or warmup < 0 or threads < 1:
+        raise ValueError(
+            "the mixture-inverse bench needs elements, components, repeats, threads >= 1 and "
+            f"warmup >= 0, got {elements}, {components}, {repeats}, {threads} and {warmup}"
+        )
+    if not 0 <= tail_fraction <= 1:
+        raise ValueError(f"tail_fraction must be in [0, 1], got {tail_fraction}")
+    device_ = _check_device(device)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x, params, tails = mixture_inverse_problem(elements, components, tail_fraction, seed)
+        x, params, tails = x.to(device_), params.to(device_), tails.to(device_)
+        result: dict[str, Any] = {
+            "device": _describe(device_),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "elements": elements,
+            "components": components,
+            "dtype": str(x.dtype).removeprefix("torch."),
+            "tail_fraction": tail_fraction,
+            "tail_elements": int(tails.sum()),
+            "tail_logit": CLIP_LOGIT,
+            "seed": seed,
+            "repeats": repeats,
+            "warmup": warmup,
+        }
+        for method in SOLVERS:
+            runs = [
+                mixture_inverse_stats(x, params, components, method)
+                for _ in range(warmup + repeats)
+            ][warmup:]
+            stats = {**runs[0], "seconds": statistics.median(r["seconds"] for r in runs)}
+            # Elements are solved independently, so a subset's errors are the full solve's.
+            for region, mask in (("bulk", ~tails), ("tails", tails)):
+                if mask.any():
+                    part = mixture_inverse_stats(x[mask], params[mask], components, method)
+                    for key in ("max_abs_error", "max_rel_error", "max_logit_error"):
+                        stats[f"{region}_{key}"] = part[key]
+            result[method] = stats
+        result["speedup"] = result["bisection"]["seconds"] / result["newton"]["seconds"]
+        return result
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def format_mixture_inverse(result: dict[str, Any]) -> str:
+    """A readable table of a `bench_mixture_inverse` result."""
+    header = [
+        f"device    {result['device']}, torch {result['torch']}, {result['threads']} threads",
+        f"problem   {result['elements']:,} elements of {result['components']} logistics, "
+        f"{result['dtype']}, seed {result['seed']}; {result['tail_elements']:,} in the tails "
+        f"(|logit C(x)| > {result['tail_logit']:.4g}, where the public bisection clips C)",
+        f"timing    median of {result['repeats']} after {result['warmup']} warm-up",
+        "",
+    ]
+    columns = ("iterations", "seconds", "rel. error", "tails", "logit error", "tails")
+    rows = [("solver", *columns)]
+    for method, name in SOLVERS.items():
+        s = result[method]
+        rows.append(
+            (
+                name,
+                str(s["iterations"]),
+                f"{s['seconds']:.4g}",
+                _error(s.get("bulk_max_rel_error")),
+                _error(s.get("tails_max_rel_error")),
+                _error(s.get("bulk_max_logit_error")),
+                _error(s.get("tails_max_logit_error")),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    footer = [
+        "",
+        f"Newton is {result['speedup']:.1f}x faster. Errors are maxima of |x̂ − x| / max(1, |x|) "
+        "and |σ⁻¹(C(x̂)) − σ⁻¹(C(x))|, in the bulk and in the tails.",
+    ]
+    return "\n".join(header + [line.rstrip() for line in lines] + footer)
+
+
+def _error(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1e}"
 
 
 def _time(
@@ -228,6 +396,13 @@ def _synchronize(device: torch.device) -> None:
     # CUDA kernels run asynchronously; without this the clock stops before the work does.
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def _check_device(device: str) -> torch.device:
+    device_ = torch.device(device)
+    if device_.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} requested but CUDA is not available")
+    return device_
 
 
 def _device_of(model: nn.Module) -> torch.device:

@@ -19,7 +19,14 @@ from typing import Any
 
 import torch
 
-from imageflows.bench import describe_model, format_table, run_bench
+from imageflows.ablate import VARIANTS, markdown_table, run_ablation
+from imageflows.bench import (
+    bench_mixture_inverse,
+    describe_model,
+    format_mixture_inverse,
+    format_table,
+    run_bench,
+)
 from imageflows.config import Config
 from imageflows.data import load_dataset, prepare
 from imageflows.explore import write_interpolation, write_manipulation
@@ -32,6 +39,7 @@ from imageflows.train import load, train
 from imageflows.train.checkpoint import list_checkpoints
 
 DEFAULT_PRESET = "glow-digits"
+DEFAULT_BENCH_PRESET = "glow-cifar10"
 
 Outcome = tuple[dict[str, Any], str]  # (JSON result, human-readable message)
 
@@ -134,20 +142,52 @@ def build_parser() -> argparse.ArgumentParser:
         _bench,
         "speed and memory of one config; peak RSS is per process, so one config per invocation",
     )
-    bench_cmd.add_argument("--preset", default="glow-cifar10", help="preset config (glow-cifar10)")
+    bench_cmd.add_argument("--preset", help=f"preset config (default {DEFAULT_BENCH_PRESET})")
     _add_set(bench_cmd)
     bench_cmd.add_argument("--image-shape", metavar="C,H,W", help="sets model.image_shape")
     bench_cmd.add_argument("--batch-size", type=int, default=16, help="images per training step")
     bench_cmd.add_argument(
-        "--repeats", type=int, default=10, help="timed repeats (paper sizes: 3)"
+        "--repeats", type=int, help="timed repeats (default 10, paper sizes: 3; solvers: 3)"
     )
     bench_cmd.add_argument(
-        "--warmup", type=int, default=3, help="untimed repeats (paper sizes: 1)"
+        "--warmup", type=int, help="untimed repeats (default 3, paper sizes: 1; solvers: 1)"
     )
     bench_cmd.add_argument("--sample-n", type=int, default=16, help="images per sampling call")
     bench_cmd.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     bench_cmd.add_argument("--seed", type=int, default=0, help="seed of the model and the data")
     bench_cmd.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
+    bench_cmd.add_argument(
+        "--mixture-inverse",
+        action="store_true",
+        help="instead of a model: the mixture-CDF inverse, our Newton solver against the "
+        "public 100-step bisection, on a fixed random problem (no --preset/--set)",
+    )
+    bench_cmd.add_argument(
+        "--elements", type=int, default=100_000, help="--mixture-inverse: elements (100000)"
+    )
+    bench_cmd.add_argument(
+        "--components", type=int, default=32, help="--mixture-inverse: logistics (32)"
+    )
+
+    ablate_cmd = _command(
+        commands,
+        "ablate",
+        _ablate,
+        "train Flow++ and Glow variants at one budget into a table of test bits/dim",
+    )
+    ablate_cmd.add_argument("--data", default="digits", help="dataset name (default digits)")
+    ablate_cmd.add_argument("--data-dir", help="folder holding the dataset files")
+    ablate_cmd.add_argument(
+        "--out", help="ablation directory, reused to resume (default runs/ablate-DATA)"
+    )
+    ablate_cmd.add_argument(
+        "--variants",
+        type=lambda text: text.split(","),
+        metavar="NAME,...",
+        help=f"variants in table order (default all: {', '.join(VARIANTS)})",
+    )
+    _add_set(ablate_cmd)
+    ablate_cmd.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     _command(commands, "presets", _presets, "list the named presets with parameter counts")
 
@@ -390,20 +430,63 @@ def _sample(args: argparse.Namespace) -> Outcome:
 
 
 def _bench(args: argparse.Namespace) -> Outcome:
+    if args.mixture_inverse:
+        return _bench_mixture_inverse(args)
+    preset = args.preset or DEFAULT_BENCH_PRESET
     shape = [f"model.image_shape={args.image_shape}"] if args.image_shape else []
-    cfg = preset_config(args.preset).with_overrides(shape + args.set)
+    cfg = preset_config(preset).with_overrides(shape + args.set)
     result = run_bench(
         cfg,
         batch_size=args.batch_size,
-        repeats=args.repeats,
-        warmup=args.warmup,
+        repeats=10 if args.repeats is None else args.repeats,
+        warmup=3 if args.warmup is None else args.warmup,
         sample_n=args.sample_n,
         threads=args.threads,
         seed=args.seed,
         device=args.device,
     )
-    result = {"preset": args.preset, "overrides": shape + args.set, **result}
+    result = {"preset": preset, "overrides": shape + args.set, **result}
     return result, format_table(result)
+
+
+def _bench_mixture_inverse(args: argparse.Namespace) -> Outcome:
+    model_options = [
+        flag
+        for flag, given in (
+            ("--preset", args.preset),
+            ("--set", args.set),
+            ("--image-shape", args.image_shape),
+        )
+        if given
+    ]
+    if model_options:
+        raise ValueError(
+            f"--mixture-inverse measures no model; drop {', '.join(model_options)} "
+            "(size the problem with --elements and --components)"
+        )
+    result = bench_mixture_inverse(
+        elements=args.elements,
+        components=args.components,
+        repeats=3 if args.repeats is None else args.repeats,
+        warmup=1 if args.warmup is None else args.warmup,
+        threads=args.threads,
+        seed=args.seed,
+        device=args.device,
+    )
+    return result, format_mixture_inverse(result)
+
+
+def _ablate(args: argparse.Namespace) -> Outcome:
+    out = Path(args.out or f"runs/ablate-{args.data}")
+    result = run_ablation(
+        args.data,
+        out,
+        args.variants,
+        data_dir=args.data_dir,
+        overrides=args.set,
+        progress=not args.no_progress,
+    )
+    return result, f"{markdown_table(result)}\nwrote {result['table']} and {result['json']}"
 
 
 def _presets(args: argparse.Namespace) -> Outcome:

@@ -89,3 +89,40 @@ def test_bench_rejects_bad_input(capsys) -> None:
     assert "repeats" in capsys.readouterr().err
     assert cli.main(["bench", *TINY, "--image-shape", "3,4"]) == 2
     assert "model.image_shape" in capsys.readouterr().err
+
+
+def test_mixture_inverse_problem_has_bulk_and_tails() -> None:
+    x, params, tails = bench.mixture_inverse_problem(4000, 4, tail_fraction=0.25, seed=1)
+    assert x.shape == (4000,) and params.shape == (4000, 3 * 4 + 2)
+    assert x.dtype == params.dtype == torch.float32
+    assert 0.2 < tails.float().mean() < 0.3  # the constructed tails, plus a few bulk extremes
+    again = bench.mixture_inverse_problem(4000, 4, tail_fraction=0.25, seed=1)
+    assert all(torch.equal(a, b) for a, b in zip((x, params, tails), again, strict=True))
+
+
+def test_mixture_inverse_command(capsys) -> None:
+    # one thread: OpenMP's spinning threads crawl on small tensors when the cores are shared
+    argv = ["bench", "--mixture-inverse", "--threads", "1", "--elements", "3000"]
+    argv += ["--components", "4"]
+    assert cli.main([*argv, "--repeats", "2", "--warmup", "0", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["elements"] == 3000 and result["components"] == 4 and result["repeats"] == 2
+    assert result["dtype"] == "float32" and result["tail_elements"] > 0
+    newton, bisection = result["newton"], result["bisection"]
+    assert bisection["iterations"] == 100 and 1 <= newton["iterations"] < 100
+    # Newton reaches float32 resolution everywhere; the public bisection stops at its clip of
+    # the CDF to [1e-5, 1 - 1e-5], far from the tails' true points
+    assert newton["max_rel_error"] < 1e-3 and newton["max_logit_error"] < 1e-3
+    assert bisection["tails_max_logit_error"] > 0.4
+    assert bisection["bulk_max_logit_error"] < 0.1
+    assert result["speedup"] == bisection["seconds"] / newton["seconds"]
+    assert cli.main([*argv[:4], "--elements", "500", "--repeats", "1", "--warmup", "0"]) == 0
+    table = capsys.readouterr().err
+    assert "Newton (ours)" in table and "bisection" in table and "500 elements" in table
+
+
+def test_mixture_inverse_rejects_model_options(capsys) -> None:
+    assert cli.main(["bench", "--mixture-inverse", "--preset", "flowpp-mnist"]) == 2
+    assert "--mixture-inverse measures no model; drop --preset" in capsys.readouterr().err
+    assert cli.main(["bench", "--mixture-inverse", "--elements", "0"]) == 2
+    assert "elements" in capsys.readouterr().err
