@@ -168,3 +168,19 @@ def test_presets_build_and_match_the_papers() -> None:
     assert digits.image_shape == (1, 8, 8) and digits.num_levels == 17
     with pytest.raises(ValueError, match="unknown preset"):
         imf.from_preset("glow-imagenet")
+
+
+def test_exact_path_is_a_float64_copy_outside_the_state_dict() -> None:
+    model = tiny_glow(torch.float32)
+    x = random_images(model)
+    keys = set(model.state_dict())
+    eps = model.encode(x)
+    assert eps.dtype == torch.float64 and set(model.state_dict()) == keys
+    expected = model.flow.double()((x.double() + 0.5) / model.num_levels)[0]
+    model.float()
+    torch.testing.assert_close(eps, expected)
+    with torch.no_grad():
+        next(model.parameters()).add_(0.1)  # a parameter update invalidates the copy
+    assert not torch.equal(model.encode(x), eps)
+    model.exact_dtype = torch.float32
+    assert model.encode(x).dtype == torch.float32

@@ -49,7 +49,11 @@ class InvConv1x1(Bijection):
         key = tuple((p.data_ptr(), p._version) for p in self.parameters())
         if self._cache is None or self._cache[0] != key:
             weight, logabsdet = self.matrix()
-            kernels = (weight[:, :, None, None], torch.linalg.inv(weight)[:, :, None, None])
+            # clone: the dense W is the parameter itself, and a cached view of it would alias it
+            kernels = (
+                weight[:, :, None, None].clone(),
+                torch.linalg.inv(weight)[:, :, None, None],
+            )
             self._cache = (key, kernels, logabsdet)
         return self._cache[1][inverse], self._cache[2]
 
