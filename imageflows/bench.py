@@ -30,9 +30,14 @@ from imageflows.metrics import bits_per_dim
 from imageflows.models import build_model
 
 
-def training_loss(model: nn.Module, x: Tensor) -> Tensor:
-    """Mean bits/dim of a uint8 batch `x` [B, C, H, W]: the training objective."""
-    return bits_per_dim(model.log_prob(x), model.num_dims).mean()
+def training_loss(model: nn.Module, x: Tensor, precision: str = "fp32") -> Tensor:
+    """Mean bits/dim of a uint8 batch `x` [B, C, H, W]: the training objective.
+
+    `precision="bf16"` autocasts the forward as training does (conditioners in bf16; the
+    flow's main path, log-dets and the loss stay float32).
+    """
+    with torch.autocast(x.device.type, torch.bfloat16, enabled=precision == "bf16"):
+        return bits_per_dim(model.log_prob(x), model.num_dims).mean()
 
 
 def time_train_step(
@@ -41,19 +46,20 @@ def time_train_step(
     x: Tensor,
     repeats: int = 10,
     warmup: int = 3,
+    precision: str = "fp32",
 ) -> list[float]:
     """Seconds of each of `repeats` whole training steps on `x`, after `warmup` untimed ones."""
     model.train()
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        training_loss(model, x).backward()
+        training_loss(model, x, precision).backward()
         optimizer.step()
 
     return _time(step, repeats, warmup, x.device)
 
 
-def saved_for_backward_bytes(model: nn.Module, x: Tensor) -> int:
+def saved_for_backward_bytes(model: nn.Module, x: Tensor, precision: str = "fp32") -> int:
     """Bytes that one training forward on `x` saves for backward, parameters excluded.
 
     Counts each storage once (by its address), so views and tensors saved by several ops are
@@ -72,7 +78,7 @@ def saved_for_backward_bytes(model: nn.Module, x: Tensor) -> int:
     # The graph keeps every packed tensor alive until `loss` is dropped, so no address is
     # reused by a later allocation while counting.
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        loss = training_loss(model, x)
+        loss = training_loss(model, x, precision)
     del loss
     return sum(saved.values())
 
@@ -147,13 +153,16 @@ def run_bench(
         lr = cfg.train.lr * min(1.0, 1.0 / max(cfg.train.warmup_steps, 1))
         optimizer = torch.optim.Adam(model.parameters(), lr=lr)
 
-        step_seconds = statistics.median(time_train_step(model, optimizer, x, repeats, warmup))
+        step_seconds = statistics.median(
+            time_train_step(model, optimizer, x, repeats, warmup, cfg.train.precision)
+        )
         result: dict[str, Any] = {
             "device": _describe(device_),
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "model": cfg.to_dict()["model"],
             "batch_size": batch_size,
+            "precision": cfg.train.precision,
             "lr": lr,
             "repeats": repeats,
             "warmup": warmup,
@@ -164,7 +173,9 @@ def run_bench(
         }
         if device_.type == "cuda":
             result["peak_cuda_mib"] = torch.cuda.max_memory_allocated(device_) / 2**20
-        result["saved_for_backward_mib"] = saved_for_backward_bytes(model, x) / 2**20
+        result["saved_for_backward_mib"] = (
+            saved_for_backward_bytes(model, x, cfg.train.precision) / 2**20
+        )
         optimizer.zero_grad(set_to_none=True)
         result["sample_n"] = sample_n
         result["sample_seconds"] = statistics.median(
@@ -182,7 +193,7 @@ def format_table(result: dict[str, Any]) -> str:
     rows = [
         ("device", f"{result['device']}, torch {result['torch']}, {result['threads']} threads"),
         ("model", describe_model(result["model"])),
-        ("batch", f"{result['batch_size']} images of {shape}"),
+        ("batch", f"{result['batch_size']} images of {shape}, {result['precision']} training"),
         ("parameters", f"{result['parameters']:,}"),
         (
             "train step",
