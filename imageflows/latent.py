@@ -42,7 +42,7 @@ def temperature_rows(model, temperatures: Sequence[float], n: int, seed: int = 0
     eps = torch.randn(
         (n, *model.image_shape), generator=generator, dtype=param.dtype, device=param.device
     )
-    return torch.cat([model.decode(t * eps) for t in temperatures])
+    return torch.cat([model.decode(t * eps, exact=False) for t in temperatures])
 
 
 @torch.no_grad()
