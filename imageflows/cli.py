@@ -36,7 +36,7 @@ from imageflows.metrics import evaluate
 from imageflows.models import PRESETS, build_model, preset_config
 from imageflows.report import write_report
 from imageflows.train import load, train
-from imageflows.train.checkpoint import list_checkpoints
+from imageflows.train.checkpoint import run_step
 
 DEFAULT_PRESET = "glow-digits"
 DEFAULT_BENCH_PRESET = "glow-cifar10"
@@ -389,7 +389,7 @@ def _eval(args: argparse.Namespace) -> Outcome:
         "split": args.split,
         "weights": "raw" if args.raw else "ema",
         "run": str(run),
-        "step": _run_step(run),
+        "step": run_step(run),
     }
     weights = "raw" if args.raw else "EMA"
     bound = f", importance-weighted over {args.iw_samples} draws" if args.iw_samples > 1 else ""
@@ -575,12 +575,6 @@ def _run_config(run: Path) -> Config:
     if not (run / "config.json").is_file():
         raise FileNotFoundError(f"{run}: not a run directory (no config.json)")
     return Config.load(run / "config.json")
-
-
-def _run_step(run: Path) -> int | None:
-    """The step of the run's latest checkpoint, whose EMA weights are `model.safetensors`."""
-    checkpoints = list_checkpoints(run)
-    return checkpoints[-1][0] if checkpoints else None
 
 
 def _new_run_dir(out: Path) -> Path:

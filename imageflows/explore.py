@@ -25,7 +25,7 @@ from imageflows.latent import (
     interpolate,
     read_attribute_file,
 )
-from imageflows.train.checkpoint import CONFIG_FILE, list_checkpoints, load
+from imageflows.train.checkpoint import CONFIG_FILE, load, run_step
 
 
 class Explorer:
@@ -57,8 +57,7 @@ class Explorer:
         self.model = load(self.run, ema=ema)
         self.ema = ema
         self.batch_size = batch_size
-        checkpoints = list_checkpoints(self.run)
-        self.step: int | None = checkpoints[-1][0] if checkpoints else None
+        self.step: int | None = run_step(self.run)
         self.data = data or config.data.name
         if data_dir is None and self.data == config.data.name:
             data_dir = config.data.dir  # the run's folder belongs to the run's dataset only

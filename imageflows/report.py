@@ -25,7 +25,7 @@ from imageflows.config import Config
 from imageflows.explore import run_config
 from imageflows.images import plot_curves
 from imageflows.models import build_model
-from imageflows.train.checkpoint import list_checkpoints
+from imageflows.train.checkpoint import run_step
 
 METRICS_FILE = "metrics.jsonl"
 SAMPLES_FILE = "samples.png"
@@ -72,12 +72,11 @@ def build_report(run: str | Path) -> tuple[str, dict[str, Any]]:
     config = run_config(run)
     records = read_metrics(run / METRICS_FILE)
     tests = [r for r in records if r.get("test_bpd") is not None]
-    checkpoints = list_checkpoints(run)
     with torch.device("meta"):  # shapes only: counting parameters allocates nothing
         parameters = sum(p.numel() for p in build_model(config.model).parameters())
     summary = {
         "run": str(run),
-        "step": checkpoints[-1][0] if checkpoints else None,
+        "step": run_step(run),
         "parameters": parameters,
         "test_bpd": tests[-1]["test_bpd"] if tests else None,
         "best_test_bpd": min(r["test_bpd"] for r in tests) if tests else None,

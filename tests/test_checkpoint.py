@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,13 +14,16 @@ from imageflows._io import atomic_write_text
 from imageflows.config import ModelConfig
 from imageflows.models import build_model
 from imageflows.train.checkpoint import (
+    MODEL_FILE,
     CheckpointWarning,
     latest_valid_checkpoint,
     list_checkpoints,
     load_safetensors,
     load_state,
+    run_step,
     save_checkpoint,
     verify_checkpoint,
+    weights_step,
 )
 from imageflows.train.ema import EMA
 
@@ -154,3 +158,13 @@ def test_ema_of_zero_decay_is_the_model() -> None:
     ema.update(model, step=1000)
     for key, value in model.state_dict().items():
         assert torch.equal(ema.model.state_dict()[key], value), key
+
+
+def test_weights_record_their_step(tmp_path: Path) -> None:
+    model = build_model(ModelConfig(image_shape=(1, 8, 8), levels=2, depth=1, hidden_channels=8))
+    state = {"step": 7}
+    save_checkpoint(tmp_path, 7, model.state_dict(), model.state_dict(), state, keep=2)
+    assert weights_step(tmp_path / MODEL_FILE) == 7 and run_step(tmp_path) == 7
+    shutil.rmtree(tmp_path / "checkpoints")
+    assert run_step(tmp_path) == 7  # a committed run without its checkpoints still knows
+    assert weights_step(tmp_path / "missing.safetensors") is None

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
@@ -70,7 +70,26 @@ def _tensor_bytes(state: dict[str, torch.Tensor], what: str, step: int) -> bytes
             )
         # safetensors rejects views and shared storage; a private copy is neither.
         tensors[name] = value.contiguous().clone()
-    return save_safetensors_bytes(tensors)
+    return save_safetensors_bytes(tensors, metadata={"step": str(step)})
+
+
+def weights_step(path: Path) -> int | None:
+    """The training step recorded in a weights file (None for files without one)."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            step = (f.metadata() or {}).get("step")
+    except (OSError, SafetensorError):
+        return None
+    return int(step) if step is not None and step.isdigit() else None
+
+
+def run_step(run_dir: Path) -> int | None:
+    """The step of a run's `model.safetensors` (its EMA weights), else of its latest checkpoint."""
+    step = weights_step(Path(run_dir) / MODEL_FILE)
+    if step is None:
+        checkpoints = list_checkpoints(run_dir)
+        step = checkpoints[-1][0] if checkpoints else None
+    return step
 
 
 def save_checkpoint(
