@@ -156,7 +156,8 @@ def attribute_directions(
             raise ValueError(f"attribute {name} has no {side} examples among {len(images)}")
     sums = torch.zeros(2, signs.shape[1], math.prod(images.shape[1:]), dtype=torch.float64)
     for start in range(0, len(images), batch_size):
-        eps = model.encode(images[start : start + batch_size]).cpu().double().flatten(1)  # (b, D)
+        eps = model.encode(images[start : start + batch_size], exact=False)  # a mean: no exactness
+        eps = eps.cpu().double().flatten(1)  # (b, D)
         rows = slice(start, start + len(eps))
         sums[0] += positive[rows].T @ eps  # (A, D)
         sums[1] += negative[rows].T @ eps

@@ -119,13 +119,18 @@ class FlowModel(nn.Module):
         return cached[1]
 
     @torch.no_grad()
-    def encode(self, x: Tensor) -> Tensor:
-        """eps = flow((x + ½)/N): deterministic, `[B, C, H, W]` in `exact_dtype`."""
+    def encode(self, x: Tensor, exact: bool = True) -> Tensor:
+        """eps = flow((x + ½)/N): deterministic, `[B, C, H, W]` in `exact_dtype`.
+
+        `exact=False` runs the flow in its parameters' dtype: faster, for statistics of latents
+        (attribute directions) rather than codes.
+        """
         self.check_images(x)
-        device = self._float()[1]
+        dtype, device = self._float()
+        dtype = self.exact_dtype if exact else dtype
         with torch.autocast(device.type, enabled=False):
-            y = (x.to(device, self.exact_dtype) + 0.5) / self.num_levels
-            return self._eval_flow(self.exact_dtype)(y)[0]
+            y = (x.to(device, dtype) + 0.5) / self.num_levels
+            return self._eval_flow(dtype)(y)[0]
 
     @torch.no_grad()
     def decode(self, eps: Tensor, exact: bool = True) -> Tensor:
