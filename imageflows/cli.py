@@ -29,7 +29,12 @@ from imageflows.bench import (
 )
 from imageflows.config import Config
 from imageflows.data import load_dataset, prepare
-from imageflows.explore import write_interpolation, write_manipulation
+from imageflows.explore import (
+    write_decoded,
+    write_interpolation,
+    write_latents,
+    write_manipulation,
+)
 from imageflows.images import save_grid
 from imageflows.latent import temperature_rows
 from imageflows.metrics import evaluate
@@ -258,6 +263,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="address to bind (default 127.0.0.1: this machine only; the app has no login)",
     )
     serve_cmd.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+
+    encode_cmd = _command(commands, "encode", _encode, "encode dataset images into a latents file")
+    _add_run_data(encode_cmd)
+    encode_cmd.add_argument("--n", type=int, default=64, help="images to encode (default 64)")
+    encode_cmd.add_argument("--start", type=int, default=0, help="index of the first image")
+    encode_cmd.add_argument("--out", default="latents.pt", help="file to write (latents.pt)")
+
+    decode_cmd = _command(commands, "decode", _decode, "decode a latents file into a PNG grid")
+    decode_cmd.add_argument("run", metavar="RUN", help="run directory")
+    decode_cmd.add_argument("latents", metavar="LATENTS", help="a file written by encode")
+    decode_cmd.add_argument("--out", default="decoded.png", help="PNG to write (decoded.png)")
+    decode_cmd.add_argument("--raw", action="store_true", help="raw weights instead of the EMA")
 
     report_cmd = _command(commands, "report", _report, "a one-page offline HTML summary of a run")
     report_cmd.add_argument("run", metavar="RUN", help="run directory")
@@ -543,6 +560,22 @@ def _manipulate(args: argparse.Namespace) -> Outcome:
         f"norm {result['direction_norm']:.2f}) to {result['out']}"
     )
     return result, message
+
+
+def _encode(args: argparse.Namespace) -> Outcome:
+    result = write_latents(
+        args.run, args.out, args.n, args.start, ema=not args.raw, **_data_args(args)
+    )
+    message = (
+        f"wrote the latents of {result['n']} {result['data']} {result['split']} images "
+        f"(float64, exact) to {result['out']}"
+    )
+    return result, message
+
+
+def _decode(args: argparse.Namespace) -> Outcome:
+    result = write_decoded(args.run, args.latents, args.out, ema=not args.raw)
+    return result, f"wrote {result['n']} decoded images to {result['out']}"
 
 
 def _serve(args: argparse.Namespace) -> Outcome:

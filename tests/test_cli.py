@@ -206,3 +206,34 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
         cli.main(["sample", "RUN", "--temperature", "1", "--temperatures", "0,1"])
     assert exit_info.value.code == 2
     assert "not allowed with" in capsys.readouterr().err
+
+
+def test_encode_then_decode_gives_the_images_back(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import torch
+
+    from imageflows.data import load_dataset
+    from imageflows.explore import read_latents
+    from imageflows.train import load
+
+    latents, png = tmp_path / "z.pt", tmp_path / "x.png"
+    assert (
+        cli.main(
+            ["encode", str(run_dir), "--n", "8", "--start", "2", "--out", str(latents), "--json"]
+        )
+        == 0
+    )
+    result = _json(capsys)
+    assert result["n"] == 8 and result["shape"] == [8, 1, 8, 8]
+    eps = read_latents(latents)
+    assert eps.dtype == torch.float64 and eps.shape == (8, 1, 8, 8)
+    assert cli.main(["decode", str(run_dir), str(latents), "--out", str(png)]) == 0
+    images = load_dataset("digits", "test").images[2:10]
+    assert torch.equal(load(run_dir).decode(eps), images)  # the file's latents are exact codes
+    assert Image.open(png).size[0] >= 8 * 8
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a latents file")
+    assert cli.main(["decode", str(run_dir), str(bad), "--out", str(png)]) == 2
+    assert "not a readable latents file" in capsys.readouterr().err
+    assert cli.main(["encode", str(run_dir), "--n", "0", "--out", str(latents)]) == 2
