@@ -102,6 +102,16 @@ class Explorer:
     def __len__(self) -> int:
         return len(self.images)
 
+    def provenance(self) -> dict[str, Any]:
+        """Where results come from: run, step, data, split and which weights (JSON-ready)."""
+        return {
+            "run": str(self.run),
+            "step": self.step,
+            "data": self.description,
+            "split": self.split,
+            "weights": "ema" if self.ema else "raw",
+        }
+
     def check_index(self, index: int) -> int:
         """`index` if it names an image of the split, else `ValueError` giving the range."""
         if not 0 <= index < len(self.images):
@@ -224,11 +234,7 @@ def write_interpolation(
     )
     return {
         "out": str(out),
-        "run": str(explorer.run),
-        "step": explorer.step,
-        "data": explorer.description,
-        "split": split,
-        "weights": "ema" if ema else "raw",
+        **explorer.provenance(),
         "pairs": [list(pair) for pair in pairs],
         "labels": [
             [explorer.label_names[int(explorer.labels[i])] for i in pair] for pair in pairs
@@ -266,11 +272,7 @@ def write_manipulation(
     )
     return {
         "out": str(out),
-        "run": str(explorer.run),
-        "step": explorer.step,
-        "data": explorer.description,
-        "split": split,
-        "weights": "ema" if ema else "raw",
+        **explorer.provenance(),
         "attribute": attribute,
         "alphas": list(alphas),
         "images": list(images),
@@ -307,13 +309,7 @@ def write_latents(
         )
     indices = torch.arange(start, min(start + count, len(explorer)))
     eps = explorer.model.encode(explorer.images[indices]).cpu()
-    info = {
-        "run": str(explorer.run),
-        "step": explorer.step,
-        "data": explorer.description,
-        "split": split,
-        "weights": "ema" if ema else "raw",
-    }
+    info = explorer.provenance()
     payload = {
         "format": LATENTS_FORMAT,
         "eps": eps,

@@ -126,6 +126,16 @@ def brute_force_logdet(
     return torch.stack(out)
 
 
+def assert_flow_matches_brute_force(flow: L.Bijection, y: torch.Tensor) -> None:
+    """Shape, log-det against the brute-force Jacobian, and the inverse, of a whole flow."""
+    eps, logdet = flow(y)
+    assert eps.shape == y.shape
+    torch.testing.assert_close(logdet, brute_force_logdet(lambda v: flow(v)[0], y))
+    y_back, logdet_inv = flow.inverse(eps)
+    torch.testing.assert_close(y_back, y)
+    torch.testing.assert_close(logdet_inv, -logdet)
+
+
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_round_trip_both_ways(case: Case) -> None:
     layer, x = make(case), inputs(case)
