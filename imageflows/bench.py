@@ -28,6 +28,7 @@ from imageflows.config import Config
 from imageflows.layers import mixture_inverse_stats, mixture_log_terms, mixture_params
 from imageflows.metrics import bits_per_dim
 from imageflows.models import build_model
+from imageflows.train.loop import make_optimizer
 
 
 def training_loss(model: nn.Module, x: Tensor, precision: str = "fp32") -> Tensor:
@@ -151,7 +152,7 @@ def run_bench(
         # Training's first learning rate (the start of the warm-up): one Adam step moves every
         # weight by about lr, and at the full lr a paper-size Glow can leave the finite range.
         lr = cfg.train.lr * min(1.0, 1.0 / max(cfg.train.warmup_steps, 1))
-        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+        optimizer = make_optimizer(model, lr)
 
         step_seconds = statistics.median(
             time_train_step(model, optimizer, x, repeats, warmup, cfg.train.precision)

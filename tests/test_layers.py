@@ -106,7 +106,8 @@ def make(case: Case, seed: int = 0) -> L.Bijection:
     layer = case.build().double()
     with torch.no_grad():
         for p in layer.parameters():
-            p.add_(0.3 * torch.randn_like(p))
+            # drawn in logical order, so a channels-last parameter gets the same values
+            p.add_(0.3 * torch.randn(p.shape, dtype=p.dtype))
     return layer
 
 

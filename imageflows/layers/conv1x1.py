@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import Bijection
@@ -18,6 +17,12 @@ def _no_autocast(x: Tensor) -> torch.autocast:
     """W x in x's dtype even under bf16 autocast: unlike a coupling's conditioner, W lies on the
     flow's main path, and a rounded W (or W⁻¹) would make the layer inexact to invert."""
     return torch.autocast(x.device.type, enabled=False)
+
+
+def _mix_channels(weight: Tensor, x: Tensor) -> Tensor:
+    """W x at every pixel: `[C, C]` times `[B, C, H, W]`, as one batched matrix product (about
+    twice as fast as a 1x1 `conv2d` with its backward on CPU, and no kernel reshaping)."""
+    return torch.matmul(weight, x.flatten(2)).view_as(x)
 
 
 class InvConv1x1(Bijection):
@@ -37,7 +42,7 @@ class InvConv1x1(Bijection):
         return self.weight, torch.linalg.slogdet(self.weight)[1]
 
     def _kernels(self, inverse: bool) -> tuple[Tensor, Tensor]:
-        """The 1x1 kernel of W (or W⁻¹) `[C, C, 1, 1]` and log|det W|.
+        """W (or W⁻¹) `[C, C]` and log|det W|.
 
         Without autograd (encoding, sampling) both directions are built once per parameter
         version and reused, instead of an LU product and an inversion per call.
@@ -45,28 +50,25 @@ class InvConv1x1(Bijection):
         if torch.is_grad_enabled():
             weight, logabsdet = self.matrix()
             weight = torch.linalg.inv(weight) if inverse else weight
-            return weight[:, :, None, None], logabsdet
+            return weight, logabsdet
         key = tuple((p.data_ptr(), p._version) for p in self.parameters())
         if self._cache is None or self._cache[0] != key:
             weight, logabsdet = self.matrix()
             # clone: the dense W is the parameter itself, and a cached view of it would alias it
-            kernels = (
-                weight[:, :, None, None].clone(),
-                torch.linalg.inv(weight)[:, :, None, None],
-            )
+            kernels = (weight.clone(), torch.linalg.inv(weight))
             self._cache = (key, kernels, logabsdet)
         return self._cache[1][inverse], self._cache[2]
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         with _no_autocast(x):
-            kernel, logabsdet = self._kernels(inverse=False)
-            z = F.conv2d(x, kernel)
+            weight, logabsdet = self._kernels(inverse=False)
+            z = _mix_channels(weight, x)
         return z, (logabsdet * x[0, 0].numel()).expand(x.shape[0])
 
     def inverse(self, z: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         with _no_autocast(z):
-            kernel, logabsdet = self._kernels(inverse=True)
-            x = F.conv2d(z, kernel)
+            weight, logabsdet = self._kernels(inverse=True)
+            x = _mix_channels(weight, z)
         return x, (-logabsdet * z[0, 0].numel()).expand(z.shape[0])
 
 
