@@ -1,4 +1,5 @@
-"""Flow++'s conditioner networks: weight norm, gated blocks, attention, dropout, shapes."""
+"""Conditioner networks: Glow's folded conv-actnorm; Flow++'s weight norm, gated blocks,
+attention, dropout, shapes."""
 
 from __future__ import annotations
 
@@ -12,14 +13,58 @@ import imageflows.layers as L
 from imageflows.nets import (
     ChannelLayerNorm,
     ContextNet,
+    ConvActNorm,
     FlowppConditioner,
     GatedAttention,
     GatedConv,
     GatedPointwise,
+    GlowConditioner,
     WNConv2d,
     concat_elu,
     gate,
 )
+
+
+@pytest.mark.parametrize("kernel_size", [1, 3])
+def test_folded_conv_actnorm_equals_conv_then_actnorm(kernel_size: int) -> None:
+    torch.manual_seed(0)
+    layer = ConvActNorm(3, 5, kernel_size).double()
+    x = torch.randn(4, 3, 6, 6, dtype=torch.float64)
+    L.initialize(layer, x)
+    out = layer(x)  # initialised on this batch: zero mean, unit variance per channel
+    torch.testing.assert_close(out.mean(dim=(0, 2, 3)), torch.zeros(5, dtype=torch.float64))
+    std = out.std(dim=(0, 2, 3), unbiased=False)
+    torch.testing.assert_close(std, torch.ones(5).double(), rtol=0, atol=1e-5)  # actnorm eps
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(0.5 * torch.randn(p.shape, dtype=p.dtype))
+    torch.testing.assert_close(layer(x), layer.actnorm(layer.conv(x))[0])
+
+
+def test_glow_conditioner_loads_weights_saved_before_the_folding() -> None:
+    torch.manual_seed(0)
+    saved = GlowConditioner(2, 4, 8)
+    with torch.no_grad():
+        for p in saved.parameters():
+            p.add_(torch.randn(p.shape))
+    old_names = {
+        "0.conv.": "0.",
+        "0.actnorm.": "1.actnorm.",
+        "2.conv.": "3.",
+        "2.actnorm.": "4.actnorm.",
+    }
+    legacy = {}
+    for key, value in saved.state_dict().items():
+        layer = next((k for k in old_names if key.startswith("net." + k)), None)
+        new_key = "net." + old_names[layer] + key[4 + len(layer) :] if layer else key
+        legacy[new_key.replace("net.4.conv.", "net.6.conv.").replace("net.4.log", "net.6.log")] = (
+            value
+        )
+    assert "net.6.log_scale" in legacy and "net.1.actnorm.bias" in legacy
+    loaded = GlowConditioner(2, 4, 8)
+    loaded.load_state_dict(legacy)
+    x = torch.randn(3, 2, 4, 4)
+    torch.testing.assert_close(loaded(x), saved(x))
 
 
 def test_concat_elu_and_gate() -> None:

@@ -12,12 +12,12 @@ from .flowpp import (
     concat_elu,
     gate,
 )
-from .glow import ActNormNet, GlowConditioner, ZeroConv2d
+from .glow import ConvActNorm, GlowConditioner, ZeroConv2d
 
 __all__ = [
-    "ActNormNet",
     "ChannelLayerNorm",
     "ContextNet",
+    "ConvActNorm",
     "ConvAttnBlock",
     "FlowppConditioner",
     "GatedAttention",

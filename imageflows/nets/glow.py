@@ -3,20 +3,36 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layers import ActNorm
+from ..layers import ActNorm, DataInit
 
 
-class ActNormNet(nn.Module):
-    """`ActNorm` used inside a network, where only its output matters."""
+class ConvActNorm(DataInit):
+    """A bias-free convolution followed by actnorm, run as one convolution (Glow section 3.1):
 
-    def __init__(self, channels: int) -> None:
+        (W ⋆ x + b) ⊙ exp(s) = (exp(s) W) ⋆ x + exp(s) ⊙ b.
+
+    Folding actnorm into the kernel removes two element-wise passes over the hidden activations
+    and the tensor they keep for backward. actnorm is initialised on the convolution's output.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int) -> None:
         super().__init__()
-        self.actnorm = ActNorm(channels)
+        self.conv = nn.Conv2d(
+            in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False
+        )
+        self.actnorm = ActNorm(out_channels)
+
+    @torch.no_grad()
+    def init_from(self, x: Tensor) -> None:
+        self.actnorm.init_from(self.conv(x))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.actnorm(x)[0]
+        scale = self.actnorm.log_scale.exp().flatten()
+        weight = self.conv.weight * scale[:, None, None, None]
+        return F.conv2d(x, weight, self.actnorm.bias.flatten() * scale, padding=self.conv.padding)
 
 
 class ZeroConv2d(nn.Module):
@@ -48,14 +64,24 @@ class GlowConditioner(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, hidden_channels: int) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.Conv2d(in_channels, hidden_channels, 3, padding=1, bias=False),
-            ActNormNet(hidden_channels),
-            nn.ReLU(),
-            nn.Conv2d(hidden_channels, hidden_channels, 1, bias=False),
-            ActNormNet(hidden_channels),
-            nn.ReLU(),
+            ConvActNorm(in_channels, hidden_channels, 3),
+            nn.ReLU(inplace=True),  # nothing else reads the convolution's output
+            ConvActNorm(hidden_channels, hidden_channels, 1),
+            nn.ReLU(inplace=True),
             ZeroConv2d(hidden_channels, out_channels),
         )
+
+    # Runs saved before actnorm was folded into the convolutions named the layers net.0-6.
+    _LEGACY_NAMES = {"0.": "0.conv.", "1.": "0.", "3.": "2.conv.", "4.": "2.", "6.": "4."}
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args) -> None:
+        if prefix + "net.6.log_scale" in state_dict:
+            net = prefix + "net."
+            for key in [k for k in state_dict if k.startswith(net)]:
+                layer = key[len(net) :].split(".")[0] + "."
+                new = net + self._LEGACY_NAMES[layer] + key[len(net) + len(layer) :]
+                state_dict[new] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
         x = x if cond is None else torch.cat([x, cond], dim=1)
