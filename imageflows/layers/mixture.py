@@ -41,15 +41,57 @@ def mixture_params(
     return params[:, 0].tanh(), params[:, 1], mixture
 
 
+def _logistic_terms(x: Tensor, means: Tensor, log_scales: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """z_k = (x − μ_k) e^{−s_k}, log σ(z_k) and log σ(−z_k), each `[B, K, ...]`."""
+    z = (x.unsqueeze(1) - means) * (-log_scales).exp()
+    return z, F.logsigmoid(z), F.logsigmoid(-z)
+
+
+class _MixtureLogTerms(torch.autograd.Function):
+    """`mixture_log_terms` with a hand-written backward that keeps only its inputs and outputs.
+
+    Autograd would keep about ten `[B, K, ...]` intermediates per coupling (z, the log-sigmoids,
+    the log-sum-exp arguments); the backward recomputes z and the log-sigmoids instead. With the
+    responsibilities r^C_k = exp(ℓ_k + log σ(z_k) − log C), r^S_k (with σ(−z_k), 1 − C) and r^P_k
+    (the density's), and upstream gradients g_C, g_S, g_P:
+        ∂/∂ℓ_k = g_C r^C_k + g_S r^S_k + g_P r^P_k,
+        ∂/∂z_k = g_C r^C_k σ(−z_k) − g_S r^S_k σ(z_k) + g_P r^P_k (σ(−z_k) − σ(z_k)),
+        ∂/∂x = Σ_k ∂/∂z_k e^{−s_k},  ∂/∂μ_k = −∂/∂z_k e^{−s_k},  ∂/∂s_k = −g_P r^P_k − ∂/∂z_k z_k.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, *mixture: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        log_weights, means, log_scales = mixture
+        _, log_sig, log_sig_neg = _logistic_terms(x, means, log_scales)
+        log_cdf = torch.logsumexp(log_weights + log_sig, dim=1)
+        log_sf = torch.logsumexp(log_weights + log_sig_neg, dim=1)
+        # logistic log-density: log σ(z) + log σ(−z) − s
+        log_pdf = torch.logsumexp(log_weights + log_sig + log_sig_neg - log_scales, dim=1)
+        ctx.save_for_backward(x, *mixture, log_cdf, log_sf, log_pdf)
+        return log_cdf, log_sf, log_pdf
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_cdf: Tensor, g_sf: Tensor, g_pdf: Tensor) -> tuple[Tensor, ...]:
+        x, log_weights, means, log_scales, log_cdf, log_sf, log_pdf = ctx.saved_tensors
+        z, log_sig, log_sig_neg = _logistic_terms(x, means, log_scales)
+        w_cdf = g_cdf.unsqueeze(1) * (log_weights + log_sig - log_cdf.unsqueeze(1)).exp()
+        w_sf = g_sf.unsqueeze(1) * (log_weights + log_sig_neg - log_sf.unsqueeze(1)).exp()
+        log_density = log_weights + log_sig + log_sig_neg - log_scales
+        w_pdf = g_pdf.unsqueeze(1) * (log_density - log_pdf.unsqueeze(1)).exp()
+        sig, sig_neg = log_sig.exp(), log_sig_neg.exp()
+        g_z = (w_cdf + w_pdf) * sig_neg - (w_sf + w_pdf) * sig
+        g_z_scaled = g_z * (-log_scales).exp()
+        g_x = g_z_scaled.sum(dim=1)
+        return g_x, w_cdf + w_sf + w_pdf, -g_z_scaled, -w_pdf - g_z * z
+
+
 def mixture_log_terms(x: Tensor, m: Mixture) -> tuple[Tensor, Tensor, Tensor]:
-    """log C(x), log(1 − C(x)) and log C'(x) (the mixture's log-density), each shaped like x."""
-    z = (x.unsqueeze(1) - m.means) * (-m.log_scales).exp()
-    log_sig, log_sig_neg = F.logsigmoid(z), F.logsigmoid(-z)
-    log_cdf = torch.logsumexp(m.log_weights + log_sig, dim=1)
-    log_sf = torch.logsumexp(m.log_weights + log_sig_neg, dim=1)
-    # logistic log-density: log σ(z) + log σ(−z) − s
-    log_pdf = torch.logsumexp(m.log_weights + log_sig + log_sig_neg - m.log_scales, dim=1)
-    return log_cdf, log_sf, log_pdf
+    """log C(x), log(1 − C(x)) and log C'(x) (the mixture's log-density), each shaped like x.
+
+    Differentiable in x and every mixture parameter, at the activation memory of its inputs.
+    """
+    return _MixtureLogTerms.apply(x, *m)
 
 
 @torch.no_grad()
