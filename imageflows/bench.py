@@ -19,6 +19,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
@@ -48,16 +49,22 @@ def time_train_step(
     repeats: int = 10,
     warmup: int = 3,
     precision: str = "fp32",
-) -> list[float]:
-    """Seconds of each of `repeats` whole training steps on `x`, after `warmup` untimed ones."""
+    compile: bool = False,
+) -> tuple[float, list[float]]:
+    """Seconds of the first training step on `x` (where `compile` compiles) and of each of
+    `repeats` later ones, timed after `warmup` untimed steps (the first included)."""
     model.train()
+    loss_fn = partial(training_loss, model, precision=precision)
+    if compile:
+        loss_fn = torch.compile(loss_fn)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        training_loss(model, x, precision).backward()
+        loss_fn(x).backward()
         optimizer.step()
 
-    return _time(step, repeats, warmup, x.device)
+    first = _time(step, 1, 0, x.device)[0]
+    return first, _time(step, repeats, max(warmup - 1, 0), x.device)
 
 
 def saved_for_backward_bytes(model: nn.Module, x: Tensor, precision: str = "fp32") -> int:
@@ -154,9 +161,10 @@ def run_bench(
         lr = cfg.train.lr * min(1.0, 1.0 / max(cfg.train.warmup_steps, 1))
         optimizer = make_optimizer(model, lr)
 
-        step_seconds = statistics.median(
-            time_train_step(model, optimizer, x, repeats, warmup, cfg.train.precision)
+        first_step, steps = time_train_step(
+            model, optimizer, x, repeats, warmup, cfg.train.precision, cfg.train.compile
         )
+        step_seconds = statistics.median(steps)
         result: dict[str, Any] = {
             "device": _describe(device_),
             "torch": torch.__version__,
@@ -164,12 +172,14 @@ def run_bench(
             "model": cfg.to_dict()["model"],
             "batch_size": batch_size,
             "precision": cfg.train.precision,
+            "compile": cfg.train.compile,
             "lr": lr,
             "repeats": repeats,
             "warmup": warmup,
             "parameters": sum(p.numel() for p in model.parameters()),
             "train_images_per_s": batch_size / step_seconds,
             "train_step_seconds": step_seconds,
+            "first_step_seconds": first_step,
             "peak_rss_mib": peak_rss_mib(),
         }
         if device_.type == "cuda":
@@ -191,6 +201,7 @@ def run_bench(
 def format_table(result: dict[str, Any]) -> str:
     """A readable two-column table of a `run_bench` result."""
     shape = "x".join(str(s) for s in result["model"]["image_shape"])
+    compiled = " (torch.compile included)" if result.get("compile") else ""
     rows = [
         ("device", f"{result['device']}, torch {result['torch']}, {result['threads']} threads"),
         ("model", describe_model(result["model"])),
@@ -201,6 +212,7 @@ def format_table(result: dict[str, Any]) -> str:
             f"{result['train_step_seconds']:.4g} s = {result['train_images_per_s']:.4g} "
             f"images/s (median of {result['repeats']} after {result['warmup']} warm-up)",
         ),
+        ("first step", f"{result['first_step_seconds']:.3g} s{compiled}"),
         ("peak RSS", f"{result['peak_rss_mib']:.1f} MiB (whole process)"),
     ]
     if "peak_cuda_mib" in result:

@@ -66,6 +66,7 @@ class TrainConfig:
     keep_checkpoints: int = 3  # most recent checkpoints kept on disk
     log_every: int = 50  # steps between metrics.jsonl training records
     precision: str = "fp32"  # "fp32" | "bf16": conditioners in bf16 autocast when training
+    compile: bool = False  # torch.compile the training step's forward and backward (slow start)
     max_bad_steps: int = 10  # consecutive non-finite steps before reloading the last checkpoint
     lr_backoff: float = 0.5  # learning-rate factor applied at each such reload
     tensorboard: bool = False  # also write TensorBoard event files (needs the `tb` extra)

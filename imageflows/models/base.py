@@ -63,7 +63,9 @@ class FlowModel(nn.Module):
                 f"expected images of shape [B, {', '.join(map(str, self.image_shape))}], "
                 f"got {list(x.shape)}"
             )
-        if x.numel() and int(x.max()) >= self.num_levels:
+        # (under torch.compile the value check is left to the data loader: reading a value
+        # back would split the compiled graph)
+        if x.numel() and not torch.compiler.is_compiling() and int(x.max()) >= self.num_levels:
             raise ValueError(
                 f"image values must lie in 0..{self.num_levels - 1} for a {self.num_levels}-level "
                 f"model, found {int(x.max())}"

@@ -104,6 +104,8 @@ def train(cfg: Config, workdir: str | Path, resume: bool = False, progress: bool
         run = _Run(cfg, workdir, env, train_images, test_images)
         run.start(latest)
         run.log_prob = data_parallel(run.model, env)
+        if tc.compile:  # the flow's many small element-wise ops fuse into a few kernels
+            run.log_prob = torch.compile(run.log_prob)
         run.records = run_on_main(env, _read_metrics, workdir / METRICS_FILE, run.step)
         if env.is_main and writer_class is not None:
             run.open_writer(writer_class)
