@@ -15,8 +15,12 @@ from ..layers import DataInit
 
 
 def concat_elu(x: Tensor) -> Tensor:
-    """ELU of [x, −x] on channels: `[B, C, H, W]` → `[B, 2C, H, W]` (PixelCNN++)."""
-    return F.elu(torch.cat([x, -x], dim=1))
+    """ELU of [x, −x] on channels: `[B, C, H, W]` → `[B, 2C, H, W]` (PixelCNN++).
+
+    In place on the fresh concatenation: ELU's backward then keeps its output, which the next
+    convolution keeps anyway, instead of a second `[B, 2C, H, W]` tensor.
+    """
+    return F.elu(torch.cat([x, -x], dim=1), inplace=True)
 
 
 def gate(x: Tensor) -> Tensor:
