@@ -94,6 +94,31 @@ def test_log_terms_backward_matches_autograd_and_finite_differences() -> None:
         torch.testing.assert_close(ours, reference)
 
 
+def test_mixture_coupling_parameter_gradients_match_autograd() -> None:
+    """MixtureCDF takes raw parameters into its fused log-terms (log-softmax and clamp inside):
+    its gradients, a clamped log-scale included, are autograd's through the plain formula."""
+    g = torch.Generator().manual_seed(0)
+    layer = L.MixtureCDF(K, min_log_scale=-1.0)
+    x = torch.randn(2, 3, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    params = torch.randn(2, 3 * K + 2, 3, 2, generator=g, dtype=torch.float64)
+    params[:, 2 + 2 * K] = -3.0  # one component's log-scale below the clamp
+    params.requires_grad_()
+    weights = [torch.randn(x.shape, generator=g, dtype=torch.float64) for _ in range(2)]
+
+    def reference(x: torch.Tensor, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        a, b, m = L.mixture_params(params, K, min_log_scale=-1.0)
+        log_cdf, log_sf, log_pdf = _autograd_log_terms(x, m)
+        return (log_cdf - log_sf) * a.exp() + b, log_pdf - log_cdf - log_sf + a
+
+    grads = []
+    for f in (layer, reference):
+        loss = sum((w * t).sum() for w, t in zip(weights, f(x, params), strict=True))
+        grads.append(torch.autograd.grad(loss, (x, params)))
+    for ours, expected in zip(*grads, strict=True):
+        torch.testing.assert_close(ours, expected)
+    assert torch.autograd.gradcheck(lambda x, p: layer(x, p), (x, params))
+
+
 def test_single_component_is_an_affine_map_of_the_standardised_input() -> None:
     x = torch.linspace(-50, 50, 11, dtype=torch.float64)
     params = torch.tensor([0.4, -1.5, 0.7, 2.0, -0.3], dtype=torch.float64).expand(11, 5)

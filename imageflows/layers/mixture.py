@@ -28,6 +28,11 @@ class Mixture(NamedTuple):
     log_scales: Tensor  # s_k, clamped from below
 
 
+def _normalise(logits: Tensor, log_scales: Tensor, min_log_scale: float) -> tuple[Tensor, Tensor]:
+    """log π = log-softmax of the logits, and s clamped from below at `min_log_scale`."""
+    return F.log_softmax(logits, dim=1), log_scales.clamp(min=min_log_scale)
+
+
 def mixture_params(
     params: Tensor, components: int, min_log_scale: float = -7.0
 ) -> tuple[Tensor, Tensor, Mixture]:
@@ -36,9 +41,14 @@ def mixture_params(
     tanh on a (so exp(a) ∈ (1/e, e)) and the clamp s_k ≥ −7 follow the official Flow++ code:
     both keep the map from becoming arbitrarily steep, which would make it ill-conditioned.
     """
-    logits, means, log_scales = params[:, 2:].split(components, dim=1)
-    mixture = Mixture(F.log_softmax(logits, dim=1), means, log_scales.clamp(min=min_log_scale))
-    return params[:, 0].tanh(), params[:, 1], mixture
+    a, b, logits, means, log_scales = _split(params, components)
+    log_weights, log_scales = _normalise(logits, log_scales, min_log_scale)
+    return a, b, Mixture(log_weights, means, log_scales)
+
+
+def _split(params: Tensor, components: int) -> tuple[Tensor, ...]:
+    """a = tanh(raw a), b, and the raw logits, means and log-scales of `[B, 3K + 2, ...]`."""
+    return params[:, 0].tanh(), params[:, 1], *params[:, 2:].split(components, dim=1)
 
 
 def _logistic_terms(x: Tensor, means: Tensor, log_scales: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -50,30 +60,45 @@ def _logistic_terms(x: Tensor, means: Tensor, log_scales: Tensor) -> tuple[Tenso
 class _MixtureLogTerms(torch.autograd.Function):
     """`mixture_log_terms` with a hand-written backward that keeps only its inputs and outputs.
 
+    Given raw parameters (`min_log_scale` set), the log-softmax and the clamp happen inside too.
     Autograd would keep about ten `[B, K, ...]` intermediates per coupling (z, the log-sigmoids,
-    the log-sum-exp arguments); the backward recomputes z and the log-sigmoids instead. With the
-    responsibilities r^C_k = exp(ℓ_k + log σ(z_k) − log C), r^S_k (with σ(−z_k), 1 − C) and r^P_k
-    (the density's), and upstream gradients g_C, g_S, g_P:
+    the log-sum-exp arguments, the normalised weights and scales); the backward recomputes them.
+    With the responsibilities r^C_k = exp(ℓ_k + log σ(z_k) − log C), r^S_k (with σ(−z_k),
+    1 − C) and r^P_k (the density's), and upstream gradients g_C, g_S, g_P:
         ∂/∂ℓ_k = g_C r^C_k + g_S r^S_k + g_P r^P_k,
         ∂/∂z_k = g_C r^C_k σ(−z_k) − g_S r^S_k σ(z_k) + g_P r^P_k (σ(−z_k) − σ(z_k)),
-        ∂/∂x = Σ_k ∂/∂z_k e^{−s_k},  ∂/∂μ_k = −∂/∂z_k e^{−s_k},  ∂/∂s_k = −g_P r^P_k − ∂/∂z_k z_k.
+        ∂/∂x = Σ_k ∂/∂z_k e^{−s_k},  ∂/∂μ_k = −∂/∂z_k e^{−s_k},  ∂/∂s_k = −g_P r^P_k − ∂/∂z_k z_k,
+    then through the log-softmax (∂/∂logit_k = ∂/∂ℓ_k − π_k Σ_j ∂/∂ℓ_j) and the clamp.
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, *mixture: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        log_weights, means, log_scales = mixture
+    def forward(
+        ctx, x: Tensor, weights: Tensor, means: Tensor, scales: Tensor, min_log_scale: float | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        log_weights, log_scales = (
+            (weights, scales)
+            if min_log_scale is None
+            else _normalise(weights, scales, min_log_scale)
+        )
         _, log_sig, log_sig_neg = _logistic_terms(x, means, log_scales)
         log_cdf = torch.logsumexp(log_weights + log_sig, dim=1)
         log_sf = torch.logsumexp(log_weights + log_sig_neg, dim=1)
         # logistic log-density: log σ(z) + log σ(−z) − s
         log_pdf = torch.logsumexp(log_weights + log_sig + log_sig_neg - log_scales, dim=1)
-        ctx.save_for_backward(x, *mixture, log_cdf, log_sf, log_pdf)
+        ctx.min_log_scale = min_log_scale
+        ctx.save_for_backward(x, weights, means, scales, log_cdf, log_sf, log_pdf)
         return log_cdf, log_sf, log_pdf
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, g_cdf: Tensor, g_sf: Tensor, g_pdf: Tensor) -> tuple[Tensor, ...]:
-        x, log_weights, means, log_scales, log_cdf, log_sf, log_pdf = ctx.saved_tensors
+    def backward(ctx, g_cdf: Tensor, g_sf: Tensor, g_pdf: Tensor) -> tuple[Tensor | None, ...]:
+        x, weights, means, scales, log_cdf, log_sf, log_pdf = ctx.saved_tensors
+        min_log_scale = ctx.min_log_scale
+        log_weights, log_scales = (
+            (weights, scales)
+            if min_log_scale is None
+            else _normalise(weights, scales, min_log_scale)
+        )
         z, log_sig, log_sig_neg = _logistic_terms(x, means, log_scales)
         w_cdf = g_cdf.unsqueeze(1) * (log_weights + log_sig - log_cdf.unsqueeze(1)).exp()
         w_sf = g_sf.unsqueeze(1) * (log_weights + log_sig_neg - log_sf.unsqueeze(1)).exp()
@@ -82,8 +107,12 @@ class _MixtureLogTerms(torch.autograd.Function):
         sig, sig_neg = log_sig.exp(), log_sig_neg.exp()
         g_z = (w_cdf + w_pdf) * sig_neg - (w_sf + w_pdf) * sig
         g_z_scaled = g_z * (-log_scales).exp()
-        g_x = g_z_scaled.sum(dim=1)
-        return g_x, w_cdf + w_sf + w_pdf, -g_z_scaled, -w_pdf - g_z * z
+        g_weights = w_cdf + w_sf + w_pdf
+        g_scales = -w_pdf - g_z * z
+        if min_log_scale is not None:
+            g_weights = g_weights - log_weights.exp() * g_weights.sum(dim=1, keepdim=True)
+            g_scales = g_scales * (scales >= min_log_scale)  # as autograd's clamp
+        return g_z_scaled.sum(dim=1), g_weights, -g_z_scaled, g_scales, None
 
 
 def mixture_log_terms(x: Tensor, m: Mixture) -> tuple[Tensor, Tensor, Tensor]:
@@ -91,7 +120,7 @@ def mixture_log_terms(x: Tensor, m: Mixture) -> tuple[Tensor, Tensor, Tensor]:
 
     Differentiable in x and every mixture parameter, at the activation memory of its inputs.
     """
-    return _MixtureLogTerms.apply(x, *m)
+    return _MixtureLogTerms.apply(x, *m, None)
 
 
 @torch.no_grad()
@@ -168,8 +197,11 @@ class MixtureCDF(ElementwiseMap):
         self.max_iterations = max_iterations
 
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        a, b, m = mixture_params(params, self.components, self.min_log_scale)
-        log_cdf, log_sf, log_pdf = mixture_log_terms(x, m)
+        a, b, logits, means, log_scales = _split(params, self.components)
+        # raw parameters in: the log-softmax and clamp run inside, keeping nothing extra
+        log_cdf, log_sf, log_pdf = _MixtureLogTerms.apply(
+            x, logits, means, log_scales, self.min_log_scale
+        )
         return (log_cdf - log_sf) * a.exp() + b, log_pdf - log_cdf - log_sf + a
 
     def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:

@@ -11,6 +11,7 @@ A single process (no `WORLD_SIZE`, or 1) needs no process group and runs the sam
 from __future__ import annotations
 
 import contextlib
+import gc
 import inspect
 import os
 from collections.abc import Callable, Iterator
@@ -71,6 +72,9 @@ def process_group() -> Iterator[DistEnv]:
         yield DistEnv(rank, world_size, device)
     finally:
         if owned:
+            # DDP's reducer sits in reference cycles that keep the group's gloo work alive;
+            # left to the interpreter's exit, gloo's threads can abort the process (SIGABRT)
+            gc.collect()
             dist.destroy_process_group()
 
 
