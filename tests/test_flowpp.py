@@ -206,12 +206,15 @@ def test_sampling_with_temperature() -> None:
     assert int(a.max()) < model.num_levels
 
 
-def test_memory_saving_gives_the_same_gradients() -> None:
-    plain = tiny_flowpp()
-    saving = FlowPlusPlus(**TINY, memory_saving=True).double()
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_memory_saving_gives_the_same_gradients(dropout: float) -> None:
+    """With dropout, the backward pass must rebuild each coupling with the forward's masks."""
+    plain = tiny_flowpp(dropout=dropout)
+    saving = FlowPlusPlus(**{**TINY, "dropout": dropout}, memory_saving=True).double()
     saving.load_state_dict(plain.state_dict())
     x = random_images(plain)
     for model in (plain, saving):
+        torch.manual_seed(1)  # the same dropout masks in both forward passes
         model.log_prob(x, generator=torch.Generator().manual_seed(0)).sum().backward()
     for (name, p), q in zip(plain.named_parameters(), saving.parameters(), strict=True):
         torch.testing.assert_close(q.grad, p.grad, msg=name)

@@ -88,7 +88,13 @@ class Coupling(Bijection):
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         x_id, x_tr = self.split(x)
-        z_tr, logdet = self.transform(x_tr, self._params(x_id, cond))
+        return self.transform_halves(x_id, x_tr, self._params(x_id, cond))
+
+    def transform_halves(
+        self, x_id: Tensor, x_tr: Tensor, params: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """The forward map given the split input and the conditioner's output θ = NN(x_id)."""
+        z_tr, logdet = self.transform(x_tr, params)
         return self.split.merge(x_id, z_tr), logdet.flatten(1).sum(1)
 
     def inverse(self, z: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:

@@ -9,12 +9,57 @@ through it, so at most one layer's activations are alive at a time.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
 
-from .base import Sequential
+from .base import Bijection, Sequential
+from .coupling import Coupling
+
+
+def _leaves(layer: Bijection) -> Iterator[Bijection]:
+    """The layers of nested `Sequential`s in order: the units rebuilt one at a time."""
+    if isinstance(layer, Sequential):
+        for child in layer.layers:
+            yield from _leaves(child)
+    else:
+        yield layer
+
+
+def _recompute(
+    layer: Bijection,
+    z: Tensor,
+    cond: Tensor | None,
+    replay: Callable[[], contextlib.AbstractContextManager],
+) -> tuple[list[Tensor], Tensor, Tensor, Tensor]:
+    """Rebuild `layer`'s input from its output z and re-run it under autograd.
+
+    Returns the input as leaves to differentiate by, the input itself, and the recomputed
+    output and log-det. A coupling leaves its conditioning half unchanged (x_id = z_id), so
+    θ = NN(x_id) is computed once and serves both the inverse and the recomputation, as in
+    RevNet: one conditioner pass instead of two. Every pass runs in `replay()`, which restores
+    the forward's random state (dropout).
+    """
+    if isinstance(layer, Coupling):
+        z_id, z_tr = layer.split(z)
+        x_id = z_id.detach().requires_grad_(True)
+        with replay():
+            params = layer._params(x_id, cond)
+        with torch.no_grad():
+            x_tr = layer.transform.inverse(z_tr, params)[0]
+        x_tr.requires_grad_(True)
+        return (
+            [x_id, x_tr],
+            layer.split.merge(x_id, x_tr),
+            *layer.transform_halves(x_id, x_tr, params),
+        )
+    with torch.no_grad(), replay():
+        x = layer.inverse(z, cond)[0]
+    x.requires_grad_(True)
+    with replay():
+        return [x], x, *layer(x, cond)
 
 
 def _has_dropout(module: nn.Module) -> bool:
@@ -66,7 +111,7 @@ class _BackpropThroughInverse(torch.autograd.Function):
         ctx.autocast = _autocast_state(x.device)
         with torch.no_grad():
             z, logdet = x, x.new_zeros(x.shape[0])
-            for layer in body.layers:
+            for layer in _leaves(body):
                 replay = body.training and _has_dropout(layer)
                 ctx.rng_states.append(_rng_state(x.device) if replay else None)
                 z, ld = layer(z, cond)
@@ -84,14 +129,14 @@ class _BackpropThroughInverse(torch.autograd.Function):
         cond_needs_grad = cond is not None and ctx.needs_input_grad[2]
         grad_cond = None
         z = z.detach()
-        for layer, rng in zip(reversed(ctx.body.layers), reversed(ctx.rng_states), strict=True):
-            with torch.no_grad(), _replay_rng(rng, z.device), torch.autocast(**ctx.autocast):
-                x = layer.inverse(z, cond)[0]
-            with torch.enable_grad(), _replay_rng(rng, z.device), torch.autocast(**ctx.autocast):
-                x = x.detach().requires_grad_(True)
+        for layer, rng in zip(
+            reversed(list(_leaves(ctx.body))), reversed(ctx.rng_states), strict=True
+        ):
+            with torch.enable_grad(), torch.autocast(**ctx.autocast):
                 c = cond.detach().requires_grad_(True) if cond_needs_grad else cond
-                z_again, logdet = layer(x, c)
-            wrt = [x, *([c] if cond_needs_grad else []), *layer.parameters()]
+                replay = functools.partial(_replay_rng, rng, z.device)
+                inputs, x, z_again, logdet = _recompute(layer, z, c, replay)
+            wrt = [*inputs, *([c] if cond_needs_grad else []), *layer.parameters()]
             wrt = [t for t in wrt if t.requires_grad]
             # Outside autocast, like any backward pass (autocast would recast its matmuls).
             # a volume-preserving layer's log-det is a constant with no graph
@@ -101,8 +146,12 @@ class _BackpropThroughInverse(torch.autograd.Function):
             got = torch.autograd.grad(
                 [t for t, _ in outputs], wrt, [g for _, g in outputs], allow_unused=True
             )
-            grad_z = got[0]
-            for tensor, g in zip(wrt[1:], got[1:], strict=True):
+            grad_inputs = [
+                g if g is not None else torch.zeros_like(t)
+                for t, g in zip(inputs, got, strict=False)
+            ]
+            grad_z = grad_inputs[0] if len(inputs) == 1 else layer.split.merge(*grad_inputs)
+            for tensor, g in zip(wrt[len(inputs) :], got[len(inputs) :], strict=True):
                 if g is None:
                     continue
                 if tensor is c and cond_needs_grad:
