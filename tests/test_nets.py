@@ -20,6 +20,7 @@ from imageflows.nets import (
     GatedPointwise,
     GlowConditioner,
     WNConv2d,
+    ZeroConv2d,
     concat_elu,
     gate,
 )
@@ -39,6 +40,17 @@ def test_folded_conv_actnorm_equals_conv_then_actnorm(kernel_size: int) -> None:
         for p in layer.parameters():
             p.add_(0.5 * torch.randn(p.shape, dtype=p.dtype))
     torch.testing.assert_close(layer(x), layer.actnorm(layer.conv(x))[0])
+
+
+def test_zero_conv_starts_at_zero_and_scales_its_output_by_exp_3s() -> None:
+    torch.manual_seed(0)
+    layer = ZeroConv2d(3, 4).double()
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64)
+    assert torch.equal(layer(x), torch.zeros(2, 4, 5, 5, dtype=torch.float64))
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(0.5 * torch.randn(p.shape, dtype=p.dtype))
+    torch.testing.assert_close(layer(x), layer.conv(x) * (3 * layer.log_scale).exp())
 
 
 def test_glow_conditioner_loads_weights_saved_before_the_folding() -> None:

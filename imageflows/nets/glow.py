@@ -50,8 +50,11 @@ class ZeroConv2d(nn.Module):
         nn.init.zeros_(self.conv.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        # the factor 3 (openai/glow's logscale_factor) lets the scale move faster than Adam's step
-        return self.conv(x) * (3 * self.log_scale).exp()
+        # the factor 3 (openai/glow's logscale_factor) lets the scale move faster than Adam's
+        # step; folded into the kernel and bias, like `ConvActNorm`: one convolution, no pass
+        scale = (3 * self.log_scale).exp().flatten()
+        weight = self.conv.weight * scale[:, None, None, None]
+        return F.conv2d(x, weight, self.conv.bias * scale, padding=self.conv.padding)
 
 
 class GlowConditioner(nn.Module):
