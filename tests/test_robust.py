@@ -20,6 +20,7 @@ from imageflows.config import Config, ConfigError
 from imageflows.data import load_dataset
 from imageflows.layers import Bijection, InvConv1x1LU
 from imageflows.models import FlowModel, preset_config
+from imageflows.nets import ConvActNorm, ZeroConv2d
 from imageflows.train import load, train
 from imageflows.train.checkpoint import load_state
 
@@ -169,7 +170,7 @@ def test_bf16_runs_conditioners_in_bf16_and_the_flow_in_float32() -> None:
             dtypes["conv"].add(output.dtype)
 
     for module in model.modules():
-        if isinstance(module, Bijection | torch.nn.Conv2d):
+        if isinstance(module, Bijection | ConvActNorm | ZeroConv2d):  # the conditioners' layers
             module.register_forward_hook(record)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         log_prob = model.log_prob(x, generator=torch.Generator().manual_seed(0))
