@@ -81,14 +81,15 @@ class Coupling(Bijection):
         self.transform = transform
         self.split = split if split is not None else ChannelSplit()
 
-    def _params(self, x_id: Tensor, cond: Tensor | None) -> Tensor:
+    def theta(self, x_id: Tensor, cond: Tensor | None) -> Tensor:
+        """θ = NN(x_id, cond), shaped `[B, P, C_tr, H, W]` in x_id's dtype."""
         h = self.conditioner(x_id) if cond is None else self.conditioner(x_id, cond)
         # (B, P·C_tr, H, W) → (B, P, C_tr, H, W); the element-wise algebra stays in x's dtype
         return h.unflatten(1, (self.transform.num_params, -1)).to(x_id.dtype)
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         x_id, x_tr = self.split(x)
-        return self.transform_halves(x_id, x_tr, self._params(x_id, cond))
+        return self.transform_halves(x_id, x_tr, self.theta(x_id, cond))
 
     def transform_halves(
         self, x_id: Tensor, x_tr: Tensor, params: Tensor
@@ -99,5 +100,5 @@ class Coupling(Bijection):
 
     def inverse(self, z: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         z_id, z_tr = self.split(z)
-        x_tr, logdet = self.transform.inverse(z_tr, self._params(z_id, cond))
+        x_tr, logdet = self.transform.inverse(z_tr, self.theta(z_id, cond))
         return self.split.merge(z_id, x_tr), logdet.flatten(1).sum(1)

@@ -46,7 +46,7 @@ def _recompute(
         z_id, z_tr = layer.split(z)
         x_id = z_id.detach().requires_grad_(True)
         with replay():
-            params = layer._params(x_id, cond)
+            params = layer.theta(x_id, cond)
         with torch.no_grad():
             x_tr = layer.transform.inverse(z_tr, params)[0]
         x_tr.requires_grad_(True)
