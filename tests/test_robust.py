@@ -259,3 +259,23 @@ def test_resume_cleans_up_after_a_crash(tmp_path: Path) -> None:
     assert [r["step"] for r in metrics(run)] == [1, 2, 2, 3, 3]
     assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 3
     assert_same(load_file(run / "model.safetensors"), weights(run, 3, "ema.safetensors"))
+
+
+def test_compiled_training_trains_like_eager(tmp_path: Path, monkeypatch) -> None:
+    """`train.compile=true` compiles the training forward (and backward); the "aot_eager"
+    backend stands in for inductor's C++ code generation, which takes minutes on CI."""
+    compile_, compiled = torch.compile, []
+
+    def compile_aot_eager(module):
+        compiled.append(module)
+        return compile_(module, backend="aot_eager")
+
+    monkeypatch.setattr(torch, "compile", compile_aot_eager)
+    train(steps(TINY, 2), tmp_path / "eager", progress=False)
+    assert not compiled
+    train(steps(TINY, 2, "train.compile=true"), tmp_path / "compiled", progress=False)
+    assert len(compiled) == 1
+    eager, traced = weights(tmp_path / "eager", 2), weights(tmp_path / "compiled", 2)
+    assert eager.keys() == traced.keys()
+    for key in eager:
+        torch.testing.assert_close(traced[key], eager[key], rtol=1e-4, atol=1e-6, msg=key)
