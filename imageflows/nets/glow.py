@@ -9,6 +9,13 @@ from torch import Tensor, nn
 from ..layers import ActNorm, DataInit
 
 
+def _scaled_conv(conv: nn.Conv2d, x: Tensor, scale: Tensor, bias: Tensor) -> Tensor:
+    """`conv` (its kernel, not its bias) with each output channel scaled, as one convolution:
+    (s ⊙ W) ⋆ x + s ⊙ b for `scale` s and `bias` b of shape `[C_out]`."""
+    weight = conv.weight * scale[:, None, None, None]
+    return F.conv2d(x, weight, bias * scale, padding=conv.padding)
+
+
 class ConvActNorm(DataInit):
     """A bias-free convolution followed by actnorm, run as one convolution (Glow section 3.1):
 
@@ -31,8 +38,7 @@ class ConvActNorm(DataInit):
 
     def forward(self, x: Tensor) -> Tensor:
         scale = self.actnorm.log_scale.exp().flatten()
-        weight = self.conv.weight * scale[:, None, None, None]
-        return F.conv2d(x, weight, self.actnorm.bias.flatten() * scale, padding=self.conv.padding)
+        return _scaled_conv(self.conv, x, scale, self.actnorm.bias.flatten())
 
 
 class ZeroConv2d(nn.Module):
@@ -52,9 +58,7 @@ class ZeroConv2d(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         # the factor 3 (openai/glow's logscale_factor) lets the scale move faster than Adam's
         # step; folded into the kernel and bias, like `ConvActNorm`: one convolution, no pass
-        scale = (3 * self.log_scale).exp().flatten()
-        weight = self.conv.weight * scale[:, None, None, None]
-        return F.conv2d(x, weight, self.conv.bias * scale, padding=self.conv.padding)
+        return _scaled_conv(self.conv, x, (3 * self.log_scale).exp().flatten(), self.conv.bias)
 
 
 class GlowConditioner(nn.Module):
