@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
-from torch._dynamo.backends.registry import lookup_backend
 
 from imageflows import bench, cli
 from imageflows.models import build_model, preset_config
@@ -130,16 +128,9 @@ def test_mixture_inverse_rejects_model_options(capsys) -> None:
     assert "elements" in capsys.readouterr().err
 
 
-def test_compiled_training_step_matches_eager(monkeypatch) -> None:
-    """`train.compile` traces the whole training step (dynamo + AOT autograd); the "aot_eager"
-    backend stands in for inductor's C++ code generation, which takes minutes on CI."""
-    compile_, aot_eager, graphs = torch.compile, lookup_backend("aot_eager"), []
-
-    def backend(graph: torch.fx.GraphModule, inputs: list) -> Callable:
-        graphs.append(graph)
-        return aot_eager(graph, inputs)
-
-    monkeypatch.setattr(torch, "compile", lambda fn: compile_(fn, backend=backend))
+def test_compiled_training_step_matches_eager(aot_eager_compile: list) -> None:
+    """`train.compile` traces the whole training step (dynamo + AOT autograd)."""
+    graphs = aot_eager_compile
     model_cfg = preset_config("glow-digits").with_overrides(["model.depth=1"]).model
     torch.manual_seed(0)
     model = build_model(model_cfg)

@@ -261,20 +261,12 @@ def test_resume_cleans_up_after_a_crash(tmp_path: Path) -> None:
     assert_same(load_file(run / "model.safetensors"), weights(run, 3, "ema.safetensors"))
 
 
-def test_compiled_training_trains_like_eager(tmp_path: Path, monkeypatch) -> None:
-    """`train.compile=true` compiles the training forward (and backward); the "aot_eager"
-    backend stands in for inductor's C++ code generation, which takes minutes on CI."""
-    compile_, compiled = torch.compile, []
-
-    def compile_aot_eager(module):
-        compiled.append(module)
-        return compile_(module, backend="aot_eager")
-
-    monkeypatch.setattr(torch, "compile", compile_aot_eager)
+def test_compiled_training_trains_like_eager(tmp_path: Path, aot_eager_compile: list) -> None:
+    """`train.compile=true` compiles the training forward (and backward)."""
     train(steps(TINY, 2), tmp_path / "eager", progress=False)
-    assert not compiled
+    assert not aot_eager_compile
     train(steps(TINY, 2, "train.compile=true"), tmp_path / "compiled", progress=False)
-    assert len(compiled) == 1
+    assert aot_eager_compile
     eager, traced = weights(tmp_path / "eager", 2), weights(tmp_path / "compiled", 2)
     assert eager.keys() == traced.keys()
     for key in eager:
