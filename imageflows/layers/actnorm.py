@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import Bijection, DataInit
+from .base import Bijection, DataInit, derived
 
 
 class ActNorm(Bijection, DataInit):
@@ -25,15 +25,21 @@ class ActNorm(Bijection, DataInit):
         self.log_scale = nn.Parameter(torch.zeros(shape))
         self.eps = eps
 
-    def _logdet(self, x: Tensor) -> Tensor:
+    def _scales(self) -> tuple[Tensor, Tensor, Tensor]:
+        """exp(s), exp(−s) and Σ s."""
+        return self.log_scale.exp(), (-self.log_scale).exp(), self.log_scale.sum()
+
+    def _logdet(self, x: Tensor, log_scale_sum: Tensor) -> Tensor:
         shared = x[0].numel() // self.log_scale.numel()  # positions sharing each parameter
-        return (self.log_scale.sum() * shared).expand(x.shape[0])
+        return (log_scale_sum * shared).expand(x.shape[0])
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return (x + self.bias) * self.log_scale.exp(), self._logdet(x)
+        scale, _, log_scale_sum = derived(self, self._scales)
+        return (x + self.bias) * scale, self._logdet(x, log_scale_sum)
 
     def inverse(self, z: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return z * (-self.log_scale).exp() - self.bias, -self._logdet(z)
+        _, inverse_scale, log_scale_sum = derived(self, self._scales)
+        return z * inverse_scale - self.bias, -self._logdet(z, log_scale_sum)
 
     @torch.no_grad()
     def init_from(self, x: Tensor) -> None:

@@ -7,10 +7,13 @@ optional `cond` tensor, ignored by unconditional layers.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
+
+T = TypeVar("T")
 
 
 class Bijection(nn.Module):
@@ -26,6 +29,25 @@ class Bijection(nn.Module):
 def zero_logdet(x: Tensor) -> Tensor:
     """A `[B]` zero log-det for volume-preserving layers."""
     return x.new_zeros(x.shape[0])
+
+
+def derived(module: nn.Module, compute: Callable[[], T]) -> T:
+    """`compute()`, a function of `module`'s parameters (a folded kernel, an inverse matrix).
+
+    Without autograd (encoding, sampling: the same parameters, call after call) it is built once
+    per parameter version and reused; a parameter changed in place (an optimizer step, a load)
+    bumps its version and rebuilds it. Under autograd (training) it is computed every call, so
+    that gradients flow, and a cached value is dropped rather than kept beside training.
+    """
+    if torch.is_grad_enabled() or torch.compiler.is_compiling():
+        module.__dict__.pop("_derived", None)
+        return compute()
+    key = tuple((p.data_ptr(), p._version) for p in module.parameters())
+    cached = module.__dict__.get("_derived")
+    if cached is None or cached[0] != key:
+        cached = (key, compute())
+        module.__dict__["_derived"] = cached
+    return cached[1]
 
 
 class Sequential(Bijection):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import Tensor, nn
 
-from .base import Bijection
+from .base import Bijection, derived
 
 
 def _random_rotation(channels: int) -> Tensor:
@@ -35,7 +37,6 @@ class InvConv1x1(Bijection):
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.weight = nn.Parameter(_random_rotation(channels))
-        self._cache: tuple | None = None
 
     def matrix(self) -> tuple[Tensor, Tensor]:
         """W `[C, C]` and log|det W| (a scalar)."""
@@ -45,19 +46,21 @@ class InvConv1x1(Bijection):
         """W (or W⁻¹) `[C, C]` and log|det W|.
 
         Without autograd (encoding, sampling) both directions are built once per parameter
-        version and reused, instead of an LU product and an inversion per call.
+        version and reused (`derived`), instead of an LU product and an inversion per call.
         """
-        if torch.is_grad_enabled():
-            weight, logabsdet = self.matrix()
-            weight = torch.linalg.inv(weight) if inverse else weight
-            return weight, logabsdet
-        key = tuple((p.data_ptr(), p._version) for p in self.parameters())
-        if self._cache is None or self._cache[0] != key:
-            weight, logabsdet = self.matrix()
-            # clone: the dense W is the parameter itself, and a cached view of it would alias it
-            kernels = (weight.clone(), torch.linalg.inv(weight))
-            self._cache = (key, kernels, logabsdet)
-        return self._cache[1][inverse], self._cache[2]
+        if torch.is_grad_enabled():  # training: computed every call, one direction only
+            return derived(self, partial(self._kernel, inverse))
+        weight, inverse_weight, logabsdet = derived(self, self._both_kernels)
+        return (inverse_weight if inverse else weight), logabsdet
+
+    def _kernel(self, inverse: bool) -> tuple[Tensor, Tensor]:
+        weight, logabsdet = self.matrix()
+        return (torch.linalg.inv(weight) if inverse else weight), logabsdet
+
+    def _both_kernels(self) -> tuple[Tensor, Tensor, Tensor]:
+        weight, logabsdet = self.matrix()
+        # clone: the dense W is the parameter itself, and a cached view of it would alias it
+        return weight.clone(), torch.linalg.inv(weight), logabsdet
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         with _no_autocast(x):
@@ -89,7 +92,6 @@ class InvConv1x1LU(InvConv1x1):
         self.lower = nn.Parameter(lower * self.lower_mask)
         self.upper = nn.Parameter(upper.triu(1))
         self.log_s = nn.Parameter(s.abs().log())
-        self._cache = None
 
     def matrix(self) -> tuple[Tensor, Tensor]:
         lower = self.lower * self.lower_mask + self.eye

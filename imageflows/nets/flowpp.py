@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers import DataInit
+from ..layers.base import derived
 
 
 def concat_elu(x: Tensor) -> Tensor:
@@ -47,17 +48,20 @@ class WNConv2d(DataInit):
         self.bias = nn.Parameter(torch.zeros(out_channels))
         self.init_scale = init_scale
 
-    def _conv(self, x: Tensor, gain: Tensor, bias: Tensor | None) -> Tensor:
-        norm = self.direction.flatten(1).norm(dim=1)
-        weight = self.direction * (gain / norm)[:, None, None, None]
+    def weight(self, gain: Tensor | None = None) -> Tensor:
+        """W = g · V/‖V‖ (`gain` g, default the learned one)."""
+        gain = self.gain if gain is None else gain
+        return self.direction * (gain / self.direction.flatten(1).norm(dim=1))[:, None, None, None]
+
+    def _conv(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         return F.conv2d(x, weight, bias, padding=self.direction.shape[-1] // 2)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self._conv(x, self.gain, self.bias)
+        return self._conv(x, derived(self, self.weight), self.bias)
 
     @torch.no_grad()
     def init_from(self, x: Tensor) -> None:
-        h = self._conv(x, torch.ones_like(self.gain), None)
+        h = self._conv(x, self.weight(torch.ones_like(self.gain)), None)
         mean = h.mean(dim=(0, 2, 3))
         scale = self.init_scale / (h.var(dim=(0, 2, 3), unbiased=False) + 1e-8).sqrt()
         self.gain.copy_(scale)

@@ -7,13 +7,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers import ActNorm, DataInit
+from ..layers.base import derived
 
 
-def _scaled_conv(conv: nn.Conv2d, x: Tensor, scale: Tensor, bias: Tensor) -> Tensor:
-    """`conv` (its kernel, not its bias) with each output channel scaled, as one convolution:
-    (s ⊙ W) ⋆ x + s ⊙ b for `scale` s and `bias` b of shape `[C_out]`."""
-    weight = conv.weight * scale[:, None, None, None]
-    return F.conv2d(x, weight, bias * scale, padding=conv.padding)
+def _scaled_kernel(conv: nn.Conv2d, scale: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
+    """The kernel and bias of `conv` with each output channel scaled: (s ⊙ W, s ⊙ b) for
+    `scale` s and `bias` b of shape `[C_out]` (conv's own bias is not used)."""
+    return conv.weight * scale[:, None, None, None], bias * scale
 
 
 class ConvActNorm(DataInit):
@@ -36,9 +36,13 @@ class ConvActNorm(DataInit):
     def init_from(self, x: Tensor) -> None:
         self.actnorm.init_from(self.conv(x))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def kernel(self) -> tuple[Tensor, Tensor]:
+        """(exp(s) W, exp(s) ⊙ b): the folded kernel and bias."""
         scale = self.actnorm.log_scale.exp().flatten()
-        return _scaled_conv(self.conv, x, scale, self.actnorm.bias.flatten())
+        return _scaled_kernel(self.conv, scale, self.actnorm.bias.flatten())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.conv2d(x, *derived(self, self.kernel), padding=self.conv.padding)
 
 
 class ZeroConv2d(nn.Module):
@@ -55,10 +59,15 @@ class ZeroConv2d(nn.Module):
         nn.init.zeros_(self.conv.weight)
         nn.init.zeros_(self.conv.bias)
 
+    def kernel(self) -> tuple[Tensor, Tensor]:
+        """(exp(3s) W, exp(3s) b): the scale folded into the kernel and bias, like `ConvActNorm`.
+
+        The factor 3 (openai/glow's logscale_factor) lets the scale move faster than Adam's step.
+        """
+        return _scaled_kernel(self.conv, (3 * self.log_scale).exp().flatten(), self.conv.bias)
+
     def forward(self, x: Tensor) -> Tensor:
-        # the factor 3 (openai/glow's logscale_factor) lets the scale move faster than Adam's
-        # step; folded into the kernel and bias, like `ConvActNorm`: one convolution, no pass
-        return _scaled_conv(self.conv, x, (3 * self.log_scale).exp().flatten(), self.conv.bias)
+        return F.conv2d(x, *derived(self, self.kernel), padding=self.conv.padding)
 
 
 class GlowConditioner(nn.Module):
