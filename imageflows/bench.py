@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from imageflows.allocator import keep_freed_memory
 from imageflows.config import Config
 from imageflows.layers import mixture_inverse_stats, mixture_log_terms, mixture_params
 from imageflows.metrics import bits_per_dim
@@ -146,6 +147,7 @@ def run_bench(
             f"{batch_size}, {repeats}, {sample_n}, {threads} and {warmup}"
         )
     device_ = _check_device(device)
+    keep_freed_memory()
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

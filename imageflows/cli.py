@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from imageflows.ablate import VARIANTS, markdown_table, run_ablation
+from imageflows.allocator import keep_freed_memory
 from imageflows.bench import (
     bench_mixture_inverse,
     describe_model,
@@ -52,6 +53,7 @@ Outcome = tuple[dict[str, Any], str]  # (JSON result, human-readable message)
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line on `argv` (default `sys.argv[1:]`); returns the exit status."""
     args = build_parser().parse_args(argv)
+    keep_freed_memory()
     try:
         result, message = args.handler(args)
     except (ValueError, TypeError, OSError, RuntimeError, ArithmeticError) as err:

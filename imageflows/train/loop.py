@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from imageflows._io import atomic_write_bytes, atomic_write_text
+from imageflows.allocator import keep_freed_memory
 from imageflows.config import Config, ConfigError, TrainConfig
 from imageflows.data import load_dataset, prepare
 from imageflows.images import plot_curves, save_grid
@@ -92,6 +93,7 @@ def train(cfg: Config, workdir: str | Path, resume: bool = False, progress: bool
     """
     tc = cfg.train
     _check_train_config(tc)
+    keep_freed_memory()
     writer_class = _summary_writer_class() if tc.tensorboard else None
     workdir = Path(workdir)
     with process_group() as env:

@@ -1,0 +1,65 @@
+"""The glibc malloc settings of `imageflows.allocator`."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+
+import pytest
+import torch
+
+from imageflows.allocator import keep_freed_memory
+
+ON_GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
+
+
+def _mmapped_blocks() -> int:
+    mallinfo2 = ctypes.CDLL(None).mallinfo2
+    mallinfo2.restype = _Mallinfo2
+    return mallinfo2().hblks
+
+
+@pytest.fixture
+def no_malloc_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in list(os.environ):
+        if key.startswith("MALLOC_"):
+            monkeypatch.delenv(key)
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+
+
+def test_a_tensor_below_32_mib_comes_from_the_heap(no_malloc_env: None) -> None:
+    assert keep_freed_memory() is ON_GLIBC
+    if ON_GLIBC:  # glibc's default would mmap it (and unmap it on free)
+        before = _mmapped_blocks()
+        tensor = torch.empty(8 << 20, dtype=torch.uint8)
+        assert _mmapped_blocks() == before
+        del tensor
+
+
+@pytest.mark.parametrize(
+    "key, value", [("MALLOC_ARENA_MAX", "2"), ("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=0")]
+)
+def test_the_users_own_malloc_settings_win(
+    no_malloc_env: None, monkeypatch: pytest.MonkeyPatch, key: str, value: str
+) -> None:
+    monkeypatch.setenv(key, value)
+    assert keep_freed_memory() is False
