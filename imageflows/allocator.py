@@ -5,10 +5,11 @@ M_MMAP_THRESHOLD (128 KiB at start) with its own `mmap` and unmaps it on free, a
 heap whenever more than M_TRIM_THRESHOLD is free at its top. A flow's activations (1-10 MiB
 each at batch 16) are freed and allocated again every step, so each time the kernel maps, faults
 in and zeroes fresh pages: on this project's 2-core machine that cost more than some of the
-convolutions writing them (Glow L=3 K=8, batch 16, measured by `imageflows bench` in one session:
-training 149-156 → 177 images/s, sampling 16 images 31-33 → 22.5 ms, peak RSS unchanged at
-428 MiB). Fixed thresholds keep freed blocks up to 32 MiB in the heap for the next step, as
-jemalloc and tcmalloc (which PyTorch's CPU tuning guide suggests preloading) do by design.
+convolutions writing them. Measured by `imageflows bench` (batch 16), alternating processes with
+and without these settings: Glow L=3 K=8 training 144-155 → 161-178 images/s, sampling 16
+images 35-42 → 23-27 ms; Flow++ sampling 0.58-0.64 → 0.45-0.46 s; peak RSS unchanged.
+Fixed thresholds keep freed blocks up to 16 MiB in the heap for the next step, as jemalloc and
+tcmalloc (which PyTorch's CPU tuning guide suggests preloading) do by design.
 """
 
 from __future__ import annotations
@@ -19,14 +20,14 @@ import platform
 
 M_TRIM_THRESHOLD = -1  # mallopt parameters, from glibc's malloc.h
 M_MMAP_THRESHOLD = -3
-MMAP_THRESHOLD = 32 << 20  # glibc's largest (HEAP_MAX_SIZE / 2 on 64-bit)
+MMAP_THRESHOLD = 16 << 20  # above a Flow++ activation at batch 16; glibc's largest is 32 MiB
 TRIM_THRESHOLD = 256 << 20
 
 
 def keep_freed_memory() -> bool:
-    """Set glibc's mmap threshold to 32 MiB and its trim threshold to 256 MiB, process-wide.
+    """Set glibc's mmap threshold to 16 MiB and its trim threshold to 256 MiB, process-wide.
 
-    Freed tensors below 32 MiB then stay in the heap for reuse, and up to 256 MiB of free heap
+    Freed tensors below 16 MiB then stay in the heap for reuse, and up to 256 MiB of free heap
     is kept rather than returned to the kernel. Called by the CLI, `train` and `run_bench`.
     Does nothing (and returns False) off glibc, or when the environment tunes glibc's malloc
     itself (any `MALLOC_*` variable, or `malloc` in `GLIBC_TUNABLES`); returns True when both

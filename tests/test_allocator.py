@@ -46,11 +46,11 @@ def no_malloc_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
 
 
-def test_a_tensor_below_32_mib_comes_from_the_heap(no_malloc_env: None) -> None:
+def test_a_tensor_below_16_mib_comes_from_the_heap(no_malloc_env: None) -> None:
     assert keep_freed_memory() is ON_GLIBC
     if ON_GLIBC:  # glibc's default would mmap it (and unmap it on free)
         before = _mmapped_blocks()
-        tensor = torch.empty(8 << 20, dtype=torch.uint8)
+        tensor = torch.empty(8 << 20, dtype=torch.uint8)  # 8 MiB
         assert _mmapped_blocks() == before
         del tensor
 
