@@ -25,20 +25,24 @@ class ActNorm(Bijection, DataInit):
         self.log_scale = nn.Parameter(torch.zeros(shape))
         self.eps = eps
 
-    def _scales(self) -> tuple[Tensor, Tensor, Tensor]:
-        """exp(s), exp(−s) and Σ s."""
-        return self.log_scale.exp(), (-self.log_scale).exp(), self.log_scale.sum()
+    def _scale(self) -> tuple[Tensor, Tensor]:
+        """exp(s) and Σ s."""
+        return self.log_scale.exp(), self.log_scale.sum()
+
+    def _inverse_scale(self) -> tuple[Tensor, Tensor]:
+        """exp(−s) and Σ s."""
+        return (-self.log_scale).exp(), self.log_scale.sum()
 
     def _logdet(self, x: Tensor, log_scale_sum: Tensor) -> Tensor:
-        shared = x[0].numel() // self.log_scale.numel()  # positions sharing each parameter
+        shared = x.shape[1:].numel() // self.log_scale.numel()  # positions sharing each parameter
         return (log_scale_sum * shared).expand(x.shape[0])
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        scale, _, log_scale_sum = derived(self, self._scales)
+        scale, log_scale_sum = derived(self, self._scale)
         return (x + self.bias) * scale, self._logdet(x, log_scale_sum)
 
     def inverse(self, z: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        _, inverse_scale, log_scale_sum = derived(self, self._scales)
+        inverse_scale, log_scale_sum = derived(self, self._inverse_scale)
         return z * inverse_scale - self.bias, -self._logdet(z, log_scale_sum)
 
     @torch.no_grad()

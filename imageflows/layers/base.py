@@ -35,19 +35,20 @@ def derived(module: nn.Module, compute: Callable[[], T]) -> T:
     """`compute()`, a function of `module`'s parameters (a folded kernel, an inverse matrix).
 
     Without autograd (encoding, sampling: the same parameters, call after call) it is built once
-    per parameter version and reused; a parameter changed in place (an optimizer step, a load)
-    bumps its version and rebuilds it. Under autograd (training) it is computed every call, so
-    that gradients flow, and a cached value is dropped rather than kept beside training.
+    per parameter version and reused, one cache entry per `compute.__name__` (pass bound
+    methods); a parameter changed in place (an optimizer step, a load) bumps its version and
+    rebuilds it. Under autograd (training) it is computed every call, so that gradients flow,
+    and cached values are dropped rather than kept beside training.
     """
     if torch.is_grad_enabled() or torch.compiler.is_compiling():
         module.__dict__.pop("_derived", None)
         return compute()
     key = tuple((p.data_ptr(), p._version) for p in module.parameters())
-    cached = module.__dict__.get("_derived")
-    if cached is None or cached[0] != key:
-        cached = (key, compute())
-        module.__dict__["_derived"] = cached
-    return cached[1]
+    cache = module.__dict__.setdefault("_derived", {})
+    name = compute.__name__
+    if name not in cache or cache[name][0] != key:
+        cache[name] = (key, compute())
+    return cache[name][1]
 
 
 class Sequential(Bijection):

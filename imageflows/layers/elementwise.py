@@ -48,8 +48,8 @@ class Affine(ElementwiseMap):
     num_params = 2
 
     def _unpack(self, params: Tensor) -> tuple[Tensor, Tensor]:
-        pre_scale, shift = params[:, 0] + 2.0, params[:, 1]
-        return pre_scale, shift
+        raw_scale, shift = params.unbind(1)  # one op; its backward is one `stack`
+        return raw_scale + 2.0, shift
 
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         pre_scale, shift = self._unpack(params)
@@ -70,11 +70,11 @@ class Standardize(ElementwiseMap):
     num_params = 2
 
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        mean, log_std = params[:, 0], params[:, 1]
+        mean, log_std = params.unbind(1)
         return (x - mean) * (-log_std).exp(), -log_std
 
     def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        mean, log_std = params[:, 0], params[:, 1]
+        mean, log_std = params.unbind(1)
         return y * log_std.exp() + mean, log_std
 
 
