@@ -25,9 +25,12 @@ def concat_elu(x: Tensor) -> Tensor:
 
 
 def gate(x: Tensor) -> Tensor:
-    """Gated linear unit on channels: a ⊙ σ(b) for (a, b) the two halves, `[B, 2C]` → `[B, C]`."""
-    a, b = x.chunk(2, dim=1)
-    return a * b.sigmoid()
+    """Gated linear unit on channels: a ⊙ σ(b) for (a, b) the two halves, `[B, 2C]` → `[B, C]`.
+
+    `F.glu` keeps only its input for backward (chunk, sigmoid and multiply would also keep σ(b):
+    42 of 661 MiB saved for backward in the benchmarked Flow++).
+    """
+    return F.glu(x, dim=1)
 
 
 class WNConv2d(DataInit):
