@@ -294,3 +294,10 @@ def test_cached_kernels_follow_parameter_updates(name: str) -> None:
     if isinstance(layer, L.Bijection):
         with torch.no_grad():
             torch.testing.assert_close(layer.inverse(layer(x)[0])[0], x)
+    other = CACHED_LAYERS[name]().double()  # a load replaces the parameters in place
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+        loaded = _output(other, x)
+        layer.load_state_dict(other.state_dict())
+        torch.testing.assert_close(_output(layer, x), loaded)
