@@ -299,5 +299,6 @@ def test_cached_kernels_follow_parameter_updates(name: str) -> None:
         for p in other.parameters():
             p.add_(0.3 * torch.randn_like(p))
         loaded = _output(other, x)
+        _output(layer, x)  # cached again
         layer.load_state_dict(other.state_dict())
         torch.testing.assert_close(_output(layer, x), loaded)
