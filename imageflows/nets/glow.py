@@ -13,7 +13,7 @@ from ..layers.base import derived
 def _scaled_kernel(conv: nn.Conv2d, scale: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
     """The kernel and bias of `conv` with each output channel scaled: (s ⊙ W, s ⊙ b) for `scale`
     s and `bias` b of C_out elements each, in any shape (conv's own bias is not used)."""
-    return conv.weight * scale.view(-1, 1, 1, 1), (bias * scale).view(-1)
+    return conv.weight * scale.view(-1, 1, 1, 1), bias.view(-1) * scale.view(-1)
 
 
 class ConvActNorm(DataInit):
@@ -63,9 +63,7 @@ class ZeroConv2d(nn.Module):
 
         The factor 3 (openai/glow's logscale_factor) lets the scale move faster than Adam's step.
         """
-        return _scaled_kernel(
-            self.conv, (3 * self.log_scale).exp(), self.conv.bias.view_as(self.log_scale)
-        )
+        return _scaled_kernel(self.conv, (3 * self.log_scale).exp(), self.conv.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         return F.conv2d(x, *derived(self, self.kernel), padding=self.conv.padding)
