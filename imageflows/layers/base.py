@@ -43,12 +43,26 @@ def derived(module: nn.Module, compute: Callable[[], T]) -> T:
     if torch.is_grad_enabled() or torch.compiler.is_compiling():
         module.__dict__.pop("_derived", None)
         return compute()
-    key = tuple((p.data_ptr(), p._version) for p in module.parameters())
+    key = parameter_versions(module)
     cache = module.__dict__.setdefault("_derived", {})
     name = compute.__name__
     if name not in cache or cache[name][0] != key:
         cache[name] = (key, compute())
     return cache[name][1]
+
+
+def parameter_versions(module: nn.Module) -> tuple[tuple[int, int], ...]:
+    """(address, version) of every parameter of `module` and its submodules: changes whenever a
+    parameter is replaced, moved or updated in place.
+
+    A direct walk of the `_parameters` and `_modules` dicts: `module.parameters()` also builds
+    names and a set of visited modules, about 1 ms of a 30 ms Glow sampling call (A/B).
+    """
+    key = [(p.data_ptr(), p._version) for p in module._parameters.values() if p is not None]
+    for child in module._modules.values():
+        if child is not None:
+            key.extend(parameter_versions(child))
+    return tuple(key)
 
 
 class Sequential(Bijection):
@@ -67,7 +81,8 @@ class Sequential(Bijection):
 
     def inverse(self, z: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         logdet = zero_logdet(z)
-        for layer in reversed(self.layers):
+        # a list: `reversed` on a ModuleList looks each layer up by its index as a string
+        for layer in reversed(list(self.layers)):
             z, ld = layer.inverse(z, cond)
             logdet = logdet + ld
         return z, logdet

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ..layers import Bijection, initialize, standard_normal_log_prob
+from ..layers.base import parameter_versions
 
 
 class FlowModel(nn.Module):
@@ -110,10 +111,10 @@ class FlowModel(nn.Module):
         The copy is rebuilt whenever a parameter changes (an optimizer step, a load), and is kept
         outside the module registry, so it never enters `state_dict`.
         """
-        params = list(self.flow.parameters())
-        if params[0].dtype == dtype and not self.flow.training:
+        first = next(self.flow.parameters())
+        if first.dtype == dtype and not self.flow.training:
             return self.flow
-        key = (dtype, params[0].device, tuple((p.data_ptr(), p._version) for p in params))
+        key = (dtype, first.device, parameter_versions(self.flow))
         cached = self.__dict__.get("_flow_copy")
         if cached is None or cached[0] != key:
             cached = (key, copy.deepcopy(self.flow).to(dtype).eval())
