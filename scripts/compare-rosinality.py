@@ -2,6 +2,7 @@
 """Glow side by side with rosinality/glow-pytorch, in alternating processes on this machine.
 
     python scripts/compare-rosinality.py PATH/TO/glow-pytorch [--hidden 128] [--precision bf16]
+        [--pairs 3 | --interleaved ROUNDS]
 
 This machine's speed drifts by ±25% from minute to minute, so ratios against figures measured
 on another day mislead; here each pair of processes (ours: `imageflows bench`; theirs: their
@@ -22,20 +23,20 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 BATCH, SIZE, DEPTH, LEVELS, STEPS, WARMUP = 16, 32, 8, 3, 10, 3
 
 
-def reference_worker(checkout: str, hidden: int) -> dict:
-    """Their training step and sampling, timed like `imageflows bench`; one JSON line out."""
+def reference_model(checkout: str, hidden: int) -> tuple[Callable, Callable]:
+    """Their training step (as their `train.py`) and their sampling of BATCH images."""
     import torch
 
     sys.path.insert(0, checkout)
     import model as ros  # their model.py
 
     ros.AffineCoupling.__init__.__defaults__ = (hidden, True)
-    torch.set_num_threads(2)
     torch.manual_seed(0)
     n_bins, n_pixel = 256.0, 3 * SIZE * SIZE
     glow = ros.Glow(3, DEPTH, LEVELS, affine=True, conv_lu=True)
@@ -59,6 +60,42 @@ def reference_worker(checkout: str, hidden: int) -> dict:
         with torch.no_grad():
             glow.reverse([torch.randn(BATCH, *shape) for shape in shapes])
 
+    return step, sample
+
+
+def our_model(hidden: int, precision: str) -> tuple[Callable, Callable]:
+    """Our training step and sampling, built as `imageflows bench` builds them."""
+    import torch
+
+    from imageflows.bench import training_loss
+    from imageflows.models import build_model, preset_config
+    from imageflows.train.loop import make_optimizer
+
+    cfg = preset_config("glow-cifar10").with_overrides(
+        [f"model.depth={DEPTH}", f"model.hidden_channels={hidden}"]
+    )
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    x = torch.randint(0, 256, (BATCH, 3, SIZE, SIZE), dtype=torch.uint8)
+    model.initialize(x)
+    # `imageflows bench`'s learning rate: the first of the warm-up
+    lr = cfg.train.lr * min(1.0, 1.0 / max(cfg.train.warmup_steps, 1))
+    optimizer = make_optimizer(model, lr)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        training_loss(model, x, precision).backward()
+        optimizer.step()
+
+    return step, lambda: model.sample(BATCH)
+
+
+def reference_worker(checkout: str, hidden: int) -> dict:
+    """Their training step and sampling, timed like `imageflows bench`; one JSON line out."""
+    import torch
+
+    torch.set_num_threads(2)
+    step, sample = reference_model(checkout, hidden)
     train = _timed(step)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
@@ -66,6 +103,36 @@ def reference_worker(checkout: str, hidden: int) -> dict:
         "peak_rss_mib": rss,
         "sample_seconds": statistics.median(_timed(sample)),
     }
+
+
+def interleaved(checkout: str, hidden: int, precision: str, rounds: int) -> dict:
+    """Both models in this process, one training step (then one sampling) of each in turn.
+
+    Drift that lasts longer than a round slows both alike, so the median of the rounds' ratios
+    is steadier than that of whole processes; peak RSS needs a process each (the default mode).
+    Both run under our malloc settings (`keep_freed_memory`), theirs included.
+    """
+    import torch
+
+    from imageflows.allocator import keep_freed_memory
+
+    keep_freed_memory()
+    torch.set_num_threads(2)
+    models = {
+        "ours": our_model(hidden, precision),
+        "rosinality": reference_model(checkout, hidden),
+    }
+    result = {}
+    for index, key in enumerate(("train_seconds", "sample_seconds")):
+        times: dict[str, list[float]] = {name: [] for name in models}
+        for i in range(WARMUP + rounds):
+            for name, functions in models.items():
+                start = time.perf_counter()
+                functions[index]()
+                if i >= WARMUP:
+                    times[name].append(time.perf_counter() - start)
+        result[key] = times
+    return result
 
 
 def _timed(fn) -> list[float]:
@@ -94,6 +161,13 @@ def main() -> None:
         help="ours; theirs is always float32, as in the issue's targets",
     )
     parser.add_argument("--pairs", type=int, default=3)
+    parser.add_argument(
+        "--interleaved",
+        type=int,
+        metavar="ROUNDS",
+        help="instead of process pairs: both models in one process, ROUNDS alternating steps "
+        "(and samplings); speed only",
+    )
     parser.add_argument("--json-out", type=Path)
     parser.add_argument("--reference-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -102,6 +176,9 @@ def main() -> None:
         return
     if not (Path(args.checkout) / "model.py").is_file():
         sys.exit(f"no model.py in {args.checkout}: pass a clone of rosinality/glow-pytorch")
+    if args.interleaved:
+        report_interleaved(args)
+        return
     ours_cmd = [
         "imageflows",
         "bench",
@@ -160,6 +237,45 @@ def main() -> None:
                     "hidden": args.hidden,
                     "precision": args.precision,
                     "pairs": pairs,
+                    "summary": summary,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
+
+
+def report_interleaved(args: argparse.Namespace) -> None:
+    times = interleaved(args.checkout, args.hidden, args.precision, args.interleaved)
+    print(
+        f"Glow L={LEVELS} K={DEPTH} hidden {args.hidden}, ours {args.precision} vs rosinality "
+        f"fp32, {args.interleaved} interleaved rounds in one process (medians; ratio: median "
+        "and range of the rounds' ratios)"
+    )
+    print(f"{'':16s} {'ours':>10s} {'rosinality':>11s} {'ratio ours/theirs':>30s}")
+    summary = {}
+    for key, label, per_image in (
+        ("train_seconds", "train images/s", True),
+        ("sample_seconds", "sample 16 s", False),
+    ):
+        ours, theirs = times[key]["ours"], times[key]["rosinality"]
+        # images/s ratios are their time over ours; sampling ratios our time over theirs
+        ratios = [b / a if per_image else a / b for a, b in zip(ours, theirs, strict=True)]
+        shown = [statistics.median(t) for t in (ours, theirs)]
+        if per_image:
+            shown = [BATCH / t for t in shown]
+        summary[key] = {**times[key], "ratios": ratios, "median_ratio": statistics.median(ratios)}
+        print(
+            f"{label:16s} {_span(shown[:1]):>10s} {_span(shown[1:]):>11s} "
+            f"{statistics.median(ratios):>12.3f} ({min(ratios):.3f}-{max(ratios):.3f})"
+        )
+    if args.json_out:
+        args.json_out.write_text(
+            json.dumps(
+                {
+                    "hidden": args.hidden,
+                    "precision": args.precision,
+                    "interleaved_rounds": args.interleaved,
                     "summary": summary,
                 },
                 indent=2,
