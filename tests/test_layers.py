@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 import imageflows.layers as L
+from imageflows.layers.base import parameter_versions
 from imageflows.nets import FlowppConditioner, GlowConditioner, ZeroConv2d
 from imageflows.nets.flowpp import WNConv2d
 from imageflows.nets.glow import ConvActNorm
@@ -302,3 +303,19 @@ def test_cached_kernels_follow_parameter_updates(name: str) -> None:
         _output(layer, x)  # cached again
         layer.load_state_dict(other.state_dict())
         torch.testing.assert_close(_output(layer, x), loaded)
+
+
+def test_parameter_versions_change_with_every_kind_of_parameter_change() -> None:
+    layer = ConvActNorm(3, 3, 3)
+    key = parameter_versions(layer)
+    assert len(key) == len(list(layer.parameters()))  # the nested conv's and actnorm's
+    assert parameter_versions(layer) == key  # reading changes nothing
+    with torch.no_grad():
+        layer.actnorm.bias.add_(1.0)  # in place: a new version
+    updated = parameter_versions(layer)
+    assert updated != key
+    layer.conv.weight = nn.Parameter(layer.conv.weight.detach().clone())  # replaced
+    replaced = parameter_versions(layer)
+    assert replaced != updated
+    layer.double()  # moved to new storage
+    assert parameter_versions(layer) != replaced
