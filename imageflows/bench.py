@@ -43,6 +43,27 @@ def training_loss(model: nn.Module, x: Tensor, precision: str = "fp32") -> Tenso
         return bits_per_dim(model.log_prob(x), model.num_dims).mean()
 
 
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: Tensor,
+    precision: str = "fp32",
+    compile: bool = False,
+) -> Callable[[], None]:
+    """One training step on `x` as a function: zero the gradients, backward, Adam step."""
+    model.train()
+    loss_fn = partial(training_loss, model, precision=precision)
+    if compile:
+        loss_fn = torch.compile(loss_fn)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(x).backward()
+        optimizer.step()
+
+    return step
+
+
 def time_train_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -54,16 +75,7 @@ def time_train_step(
 ) -> tuple[float, list[float]]:
     """Seconds of the first training step on `x` (where `compile` compiles) and of each of
     `repeats` later ones, timed after `warmup` untimed steps (the first included)."""
-    model.train()
-    loss_fn = partial(training_loss, model, precision=precision)
-    if compile:
-        loss_fn = torch.compile(loss_fn)
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        loss_fn(x).backward()
-        optimizer.step()
-
+    step = train_step(model, optimizer, x, precision, compile)
     first = _time(step, 1, 0, x.device)[0]
     return first, _time(step, repeats, max(warmup - 1, 0), x.device)
 
@@ -121,6 +133,26 @@ def peak_rss_mib() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
+def training_setup(
+    cfg: Config, batch_size: int = 16, seed: int = 0, device: torch.device | str = "cpu"
+) -> tuple[nn.Module, torch.optim.Optimizer, Tensor]:
+    """The benchmarked model of `cfg.model`, initialised on a random uint8 batch, with Adam at
+    training's first learning rate (`cfg.train.lr` / `cfg.train.warmup_steps`), and that batch.
+
+    One Adam step moves every weight by about lr, and at the full lr a paper-size Glow can leave
+    the finite range; so `roundtrip_max_abs` describes a state that training passes through.
+    """
+    torch.manual_seed(seed)
+    model = build_model(cfg.model).to(device)
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randint(
+        0, model.num_levels, (batch_size, *model.image_shape), generator=generator
+    ).to(device, torch.uint8)
+    model.initialize(x)
+    lr = cfg.train.lr * min(1.0, 1.0 / max(cfg.train.warmup_steps, 1))
+    return model, make_optimizer(model, lr), x
+
+
 def run_bench(
     cfg: Config,
     batch_size: int = 16,
@@ -131,10 +163,7 @@ def run_bench(
     seed: int = 0,
     device: str = "cpu",
 ) -> dict[str, Any]:
-    """Measure the model of `cfg.model` trained with Adam on random images.
-
-    Adam runs at training's first learning rate (`cfg.train.lr` / `cfg.train.warmup_steps`), so
-    `roundtrip_max_abs` describes a model state that training passes through.
+    """Measure the model of `cfg.model` trained with Adam on random images (`training_setup`).
 
     Returns a JSON-ready dict: `train_images_per_s` and `train_step_seconds` (median over
     `repeats`), `peak_rss_mib` (after the training steps), `peak_cuda_mib` (CUDA only),
@@ -151,18 +180,8 @@ def run_bench(
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        torch.manual_seed(seed)
-        model = build_model(cfg.model).to(device_)
-        generator = torch.Generator().manual_seed(seed)
-        x = torch.randint(
-            0, model.num_levels, (batch_size, *model.image_shape), generator=generator
-        ).to(device_, torch.uint8)
-        model.initialize(x)
-        # Training's first learning rate (the start of the warm-up): one Adam step moves every
-        # weight by about lr, and at the full lr a paper-size Glow can leave the finite range.
-        lr = cfg.train.lr * min(1.0, 1.0 / max(cfg.train.warmup_steps, 1))
-        optimizer = make_optimizer(model, lr)
-
+        model, optimizer, x = training_setup(cfg, batch_size, seed, device_)
+        lr = optimizer.param_groups[0]["lr"]
         first_step, steps = time_train_step(
             model, optimizer, x, repeats, warmup, cfg.train.precision, cfg.train.compile
         )

@@ -64,30 +64,16 @@ def reference_model(checkout: str, hidden: int) -> tuple[Callable, Callable]:
 
 
 def our_model(hidden: int, precision: str) -> tuple[Callable, Callable]:
-    """Our training step and sampling, built as `imageflows bench` builds them."""
-    import torch
+    """Our training step and sampling, set up as `imageflows bench` sets them up."""
 
-    from imageflows.bench import training_loss
-    from imageflows.models import build_model, preset_config
-    from imageflows.train.loop import make_optimizer
+    from imageflows.bench import train_step, training_setup
+    from imageflows.models import preset_config
 
     cfg = preset_config("glow-cifar10").with_overrides(
         [f"model.depth={DEPTH}", f"model.hidden_channels={hidden}"]
     )
-    torch.manual_seed(0)
-    model = build_model(cfg.model)
-    x = torch.randint(0, 256, (BATCH, 3, SIZE, SIZE), dtype=torch.uint8)
-    model.initialize(x)
-    # `imageflows bench`'s learning rate: the first of the warm-up
-    lr = cfg.train.lr * min(1.0, 1.0 / max(cfg.train.warmup_steps, 1))
-    optimizer = make_optimizer(model, lr)
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        training_loss(model, x, precision).backward()
-        optimizer.step()
-
-    return step, lambda: model.sample(BATCH)
+    model, optimizer, x = training_setup(cfg, BATCH)
+    return train_step(model, optimizer, x, precision), lambda: model.sample(BATCH)
 
 
 def reference_worker(checkout: str, hidden: int) -> dict:
