@@ -2,7 +2,7 @@
 """Glow side by side with rosinality/glow-pytorch, in alternating processes on this machine.
 
     python scripts/compare-rosinality.py PATH/TO/glow-pytorch [--hidden 128] [--precision bf16]
-        [--pairs 3 | --interleaved ROUNDS]
+        [--compile] [--pairs 3 | --interleaved ROUNDS]
 
 This machine's speed drifts by ±25% from minute to minute, so ratios against figures measured
 on another day mislead; here each pair of processes (ours: `imageflows bench`; theirs: their
@@ -63,7 +63,7 @@ def reference_model(checkout: str, hidden: int) -> tuple[Callable, Callable]:
     return step, sample
 
 
-def our_model(hidden: int, precision: str) -> tuple[Callable, Callable]:
+def our_model(hidden: int, precision: str, compile: bool = False) -> tuple[Callable, Callable]:
     """Our training step and sampling, set up as `imageflows bench` sets them up."""
 
     from imageflows.bench import train_step, training_setup
@@ -73,7 +73,7 @@ def our_model(hidden: int, precision: str) -> tuple[Callable, Callable]:
         [f"model.depth={DEPTH}", f"model.hidden_channels={hidden}"]
     )
     model, optimizer, x = training_setup(cfg, BATCH)
-    return train_step(model, optimizer, x, precision), lambda: model.sample(BATCH)
+    return train_step(model, optimizer, x, precision, compile), lambda: model.sample(BATCH)
 
 
 def reference_worker(checkout: str, hidden: int) -> dict:
@@ -91,7 +91,9 @@ def reference_worker(checkout: str, hidden: int) -> dict:
     }
 
 
-def interleaved(checkout: str, hidden: int, precision: str, rounds: int) -> dict:
+def interleaved(
+    checkout: str, hidden: int, precision: str, rounds: int, compile: bool = False
+) -> dict:
     """Both models in this process, one training step (then one sampling) of each in turn.
 
     Drift that lasts longer than a round slows both alike, so the median of the rounds' ratios
@@ -105,7 +107,7 @@ def interleaved(checkout: str, hidden: int, precision: str, rounds: int) -> dict
     keep_freed_memory()
     torch.set_num_threads(2)
     models = {
-        "ours": our_model(hidden, precision),
+        "ours": our_model(hidden, precision, compile),
         "rosinality": reference_model(checkout, hidden),
     }
     result = {}
@@ -146,6 +148,9 @@ def main() -> None:
         default="fp32",
         help="ours; theirs is always float32, as in the issue's targets",
     )
+    parser.add_argument(
+        "--compile", action="store_true", help="ours with train.compile=true (torch.compile)"
+    )
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument(
         "--interleaved",
@@ -178,6 +183,8 @@ def main() -> None:
         f"model.hidden_channels={args.hidden}",
         "--set",
         f"train.precision={args.precision}",
+        "--set",
+        f"train.compile={str(args.compile).lower()}",
         "--sample-n",
         str(BATCH),
         "--repeats",
@@ -205,7 +212,7 @@ def main() -> None:
         "sample_seconds": "sample 16 s",
     }
     print(
-        f"Glow L={LEVELS} K={DEPTH} hidden {args.hidden}, ours {args.precision} vs rosinality "
+        f"Glow L={LEVELS} K={DEPTH} hidden {args.hidden}, ours {_ours(args)} vs rosinality "
         f"fp32, {args.pairs} alternating pairs"
     )
     print(f"{'':16s} {'ours':>24s} {'rosinality':>24s} {'ratio ours/theirs':>28s}")
@@ -222,6 +229,7 @@ def main() -> None:
                 {
                     "hidden": args.hidden,
                     "precision": args.precision,
+                    "compile": args.compile,
                     "pairs": pairs,
                     "summary": summary,
                 },
@@ -232,9 +240,9 @@ def main() -> None:
 
 
 def report_interleaved(args: argparse.Namespace) -> None:
-    times = interleaved(args.checkout, args.hidden, args.precision, args.interleaved)
+    times = interleaved(args.checkout, args.hidden, args.precision, args.interleaved, args.compile)
     print(
-        f"Glow L={LEVELS} K={DEPTH} hidden {args.hidden}, ours {args.precision} vs rosinality "
+        f"Glow L={LEVELS} K={DEPTH} hidden {args.hidden}, ours {_ours(args)} vs rosinality "
         f"fp32, {args.interleaved} interleaved rounds in one process (medians; ratio: median "
         "and range of the rounds' ratios)"
     )
@@ -261,6 +269,7 @@ def report_interleaved(args: argparse.Namespace) -> None:
                 {
                     "hidden": args.hidden,
                     "precision": args.precision,
+                    "compile": args.compile,
                     "interleaved_rounds": args.interleaved,
                     "summary": summary,
                 },
@@ -268,6 +277,10 @@ def report_interleaved(args: argparse.Namespace) -> None:
             )
             + "\n"
         )
+
+
+def _ours(args: argparse.Namespace) -> str:
+    return args.precision + (" compiled" if args.compile else "")
 
 
 def _span(values: list[float]) -> str:
