@@ -179,3 +179,17 @@ def test_exact_path_is_a_float64_copy_outside_the_state_dict() -> None:
     assert not torch.equal(model.encode(x), eps)
     model.exact_dtype = torch.float32
     assert model.encode(x).dtype == torch.float32
+
+
+def test_a_model_made_under_inference_mode_samples_and_round_trips() -> None:
+    # its parameters are inference tensors, which keep no version for the kernel caches
+    with torch.inference_mode():
+        model = tiny_glow(torch.float32, image_shape=(3, 8, 8), num_levels=256)
+        x = random_images(model, n=4)
+        assert torch.equal(model.decode(model.encode(x)), x)
+        eps = model.encode(x)
+        with torch.no_grad():
+            next(model.parameters()).add_(0.1)  # in place, with no version to tell it by
+        assert not torch.equal(model.encode(x), eps)  # nothing stale was served
+        assert model.sample(2).shape == (2, 3, 8, 8)
+    assert torch.equal(model.decode(model.encode(x)), x)  # and outside inference mode

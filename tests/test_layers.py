@@ -319,3 +319,16 @@ def test_parameter_versions_change_with_every_kind_of_parameter_change() -> None
     assert replaced != updated
     layer.double()  # moved to new storage
     assert parameter_versions(layer) != replaced
+
+
+def test_cached_kernels_of_inference_tensors_are_computed_every_call() -> None:
+    with torch.inference_mode():
+        layer = L.InvConv1x1(3)  # its weight is an inference tensor: no version counter
+        x = torch.randn(2, 3, 4, 4)
+        before = layer(x)[0]
+        layer.weight.add_(0.5 * torch.eye(3))
+        after = layer(x)[0]
+        assert "_derived" not in layer.__dict__
+        assert not torch.allclose(after, before)
+        torch.testing.assert_close(layer.inverse(after)[0], x)
+        assert parameter_versions(layer) is None

@@ -108,15 +108,17 @@ class FlowModel(nn.Module):
     def _eval_flow(self, dtype: torch.dtype) -> Bijection:
         """`flow` in eval mode and `dtype`: itself, or a cached copy.
 
-        The copy is rebuilt whenever a parameter changes (an optimizer step, a load), and is kept
-        outside the module registry, so it never enters `state_dict`.
+        The copy is rebuilt whenever a parameter changes (an optimizer step, a load), or every call
+        when the parameters were made under `torch.inference_mode` and keep no version; it is
+        kept outside the module registry, so it never enters `state_dict`.
         """
         first = next(self.flow.parameters())
         if first.dtype == dtype and not self.flow.training:
             return self.flow
-        key = (dtype, first.device, parameter_versions(self.flow))
+        versions = parameter_versions(self.flow)
+        key = (dtype, first.device, versions)
         cached = self.__dict__.get("_flow_copy")
-        if cached is None or cached[0] != key:
+        if cached is None or cached[0] != key or versions is None:
             cached = (key, copy.deepcopy(self.flow).to(dtype).eval())
             self.__dict__["_flow_copy"] = cached
         return cached[1]
