@@ -30,20 +30,21 @@ class ActNorm(Bijection, DataInit):
         return self.log_scale.exp(), self.log_scale.sum()
 
     def _inverse_scale(self) -> tuple[Tensor, Tensor]:
-        """exp(−s) and Σ s."""
-        return (-self.log_scale).exp(), self.log_scale.sum()
+        """exp(−s) and −Σ s."""
+        return (-self.log_scale).exp(), -self.log_scale.sum()
 
-    def _logdet(self, x: Tensor, log_scale_sum: Tensor) -> Tensor:
-        shared = x.shape[1:].numel() // self.log_scale.numel()  # positions sharing each parameter
-        return (log_scale_sum * shared).expand(x.shape[0])
+    def _logdet(self, x: Tensor, signed_sum: Tensor) -> Tensor:
+        """±Σ s (`signed_sum`) times the positions sharing each parameter, for each example."""
+        shared = x.shape[1:].numel() // self.log_scale.numel()
+        return (signed_sum * shared).expand(x.shape[0])
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         scale, log_scale_sum = derived(self, self._scale)
         return (x + self.bias) * scale, self._logdet(x, log_scale_sum)
 
     def inverse(self, z: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        inverse_scale, log_scale_sum = derived(self, self._inverse_scale)
-        return z * inverse_scale - self.bias, -self._logdet(z, log_scale_sum)
+        inverse_scale, minus_log_scale_sum = derived(self, self._inverse_scale)
+        return z * inverse_scale - self.bias, self._logdet(z, minus_log_scale_sum)
 
     @torch.no_grad()
     def init_from(self, x: Tensor) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 
 import torch
@@ -45,26 +46,27 @@ class InvConv1x1(Bijection):
         """W `[C, C]` and log|det W| (a scalar)."""
         return self.weight, torch.linalg.slogdet(self.weight)[1]
 
-    def _kernels(self, inverse: bool) -> tuple[Tensor, Tensor]:
-        """W (or W⁻¹) `[C, C]` and log|det W|; without autograd (encoding, sampling) built once
-        per parameter version (`derived`), not an LU product and an inversion per call."""
-        return derived(self, self._inverse_kernel if inverse else self.matrix)
-
-    def _inverse_kernel(self) -> tuple[Tensor, Tensor]:
+    def _inverse_matrix(self) -> tuple[Tensor, Tensor]:
+        """W⁻¹ and log|det W⁻¹| = −log|det W|."""
         weight, logabsdet = self.matrix()
-        return torch.linalg.inv(weight), logabsdet
+        return torch.linalg.inv(weight), -logabsdet
 
-    def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def _multiply(
+        self, x: Tensor, matrix: Callable[[], tuple[Tensor, Tensor]]
+    ) -> tuple[Tensor, Tensor]:
+        """M x and H·W·log|det M| for M = `matrix()` (W or W⁻¹); without autograd (encoding,
+        sampling) M is built once per parameter version (`derived`), not an LU product and an
+        inversion per call."""
         with _no_autocast(x):
-            weight, logabsdet = self._kernels(inverse=False)
+            weight, logabsdet = derived(self, matrix)
             z = _mix_channels(weight, x)
         return z, (logabsdet * x.shape[2:].numel()).expand(x.shape[0])
 
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return self._multiply(x, self.matrix)
+
     def inverse(self, z: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        with _no_autocast(z):
-            weight, logabsdet = self._kernels(inverse=True)
-            x = _mix_channels(weight, z)
-        return x, (-logabsdet * z.shape[2:].numel()).expand(z.shape[0])
+        return self._multiply(z, self._inverse_matrix)
 
 
 class InvConv1x1LU(InvConv1x1):

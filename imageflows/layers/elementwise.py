@@ -57,8 +57,8 @@ class Affine(ElementwiseMap):
 
     def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         pre_scale, shift = self._unpack(params)
-        log_scale = F.logsigmoid(pre_scale)
-        return y * (-log_scale).exp() - shift, -log_scale
+        minus_log_scale = -F.logsigmoid(pre_scale)
+        return y * minus_log_scale.exp() - shift, minus_log_scale
 
 
 class Standardize(ElementwiseMap):
