@@ -39,7 +39,8 @@ def derived(module: nn.Module, compute: Callable[[], T]) -> T:
     methods); a parameter changed in place (an optimizer step, a load) bumps its version and
     rebuilds it. Under autograd (training) it is computed every call, so that gradients flow,
     and cached values are dropped rather than kept beside training. Parameters made under
-    `torch.inference_mode` keep no version, so for them too it is computed every call.
+    `torch.inference_mode` keep no version, so for them too it is computed every call. Writes
+    through `param.data` bypass the version counter and are not seen.
     """
     if torch.is_grad_enabled() or torch.compiler.is_compiling():
         module.__dict__.pop("_derived", None)
