@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every speed and memory figure of the README's results table, one config per process (peak
 # RSS is per process), run one after another: let nothing else run meanwhile. Writes
-# docs/bench/NAME.json; ONLY=name1,name2 runs a subset. About 25 minutes on 2 CPU cores.
+# docs/bench/NAME.json; ONLY=name1,name2 runs a subset. About 25 minutes on 2 CPU cores; on a
+# machine with CUDA it adds the GPU rows (gpu-*).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=docs/bench
@@ -40,3 +41,12 @@ run mixture-inverse --mixture-inverse
 # the papers' full-size presets, few repeats (a Flow++ step at batch 4 takes seconds here)
 run glow-cifar10-paper --preset glow-cifar10 --batch-size 16 --repeats 3 --warmup 1
 run flowpp-cifar10-paper --preset flowpp-cifar10 --batch-size 4 --repeats 2 --warmup 1
+# the issue's GPU rows: both papers' presets at batch 64, float32 and bf16 (only where CUDA is)
+if python -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
+  for precision in fp32 bf16; do
+    for preset in glow-cifar10 flowpp-cifar10; do
+      run "gpu-$preset-b64-$precision" --preset "$preset" --batch-size 64 --device cuda \
+        --set train.precision="$precision" --repeats 5 --warmup 2
+    done
+  done
+fi
