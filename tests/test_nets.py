@@ -24,6 +24,7 @@ from imageflows.nets import (
     concat_elu,
     gate,
 )
+from imageflows.nets.flowpp import Dropout
 
 
 @pytest.mark.parametrize("kernel_size", [1, 3])
@@ -186,6 +187,27 @@ def test_dropout_is_active_in_training_only() -> None:
     assert not torch.equal(net(x), net(x))
     net.eval()
     assert torch.equal(net(x), net(x))
+
+
+@pytest.mark.parametrize("p", [0.2, 0.5])
+def test_cpu_dropout_keeps_1_minus_p_unbiased_in_the_input_layout(p: float) -> None:
+    torch.manual_seed(0)
+    layer = Dropout(p).train()
+    x = torch.rand(16, 32, 32, 16).add_(0.5).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    y = layer(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - (1 - p)) < 0.005  # 262,144 draws
+    torch.testing.assert_close(y[kept], x[kept] / (1 - p))  # scaled survivors, the rest zero
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, kept / (1 - p))  # the same mask in backward
+    torch.manual_seed(1)
+    first = layer(x)
+    torch.manual_seed(1)
+    assert torch.equal(layer(x), first)  # the global RNG decides, so replays reproduce it
+    layer.eval()
+    assert layer(x) is x
 
 
 def test_conditioner_rejects_bad_configurations() -> None:

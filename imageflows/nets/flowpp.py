@@ -33,6 +33,25 @@ def gate(x: Tensor) -> Tensor:
     return F.glu(x, dim=1)
 
 
+class Dropout(nn.Dropout):
+    """`nn.Dropout` with a cheaper mask on CPU: keep where u ≥ p for u ~ U(0, 1), scale by
+    1/(1 − p).
+
+    On CPU `F.dropout` draws its mask with `bernoulli_` (3.4 ms for a [16, 64, 32, 16]
+    activation, against 1.6 ms for `rand_like` and a comparison) and keeps it in float for
+    backward; the boolean mask kept here is a quarter of that. The benchmarked Flow++ saves 571
+    instead of 619 MiB for backward (peak RSS unchanged) and trains ~3% faster (A/B in one
+    process, and alternating processes). On other devices (CUDA's fused kernel) it is
+    `nn.Dropout`.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p in (0, 1) or x.device.type != "cpu":
+            return super().forward(x)
+        keep = torch.rand_like(x, dtype=torch.float32) >= self.p  # in x's memory layout
+        return (x * keep).mul_(1 / (1 - self.p))
+
+
 class WNConv2d(DataInit):
     """Weight-normalised convolution W = g · V/‖V‖ per output channel, 'same' padding.
 
@@ -99,7 +118,7 @@ class GatedConv(nn.Module):
         super().__init__()
         self.conv = WNConv2d(2 * channels, channels, 3)
         self.cond_proj = WNConv2d(2 * cond_channels, channels) if cond_channels else None
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.gate = WNConv2d(2 * channels, 2 * channels, gate_kernel_size, init_scale=0.1)
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
@@ -124,7 +143,7 @@ class GatedAttention(nn.Module):
             raise ValueError(f"{channels} channels cannot be split into {heads} attention heads")
         self.heads = heads
         self.qkv = WNConv2d(channels, 3 * channels)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.out = WNConv2d(channels, 2 * channels, init_scale=0.1)
 
     def forward(self, x: Tensor, pos: Tensor) -> Tensor:
@@ -146,7 +165,7 @@ class GatedPointwise(nn.Module):
     def __init__(self, channels: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.proj = WNConv2d(channels, 3 * channels)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.out = WNConv2d(channels, 2 * channels, init_scale=0.1)
 
     def forward(self, x: Tensor, pos: Tensor) -> Tensor:
