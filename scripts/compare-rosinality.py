@@ -223,20 +223,7 @@ def main() -> None:
         ratios = [a / b for a, b in zip(ours, theirs, strict=True)]
         summary[key] = {"ours": ours, "rosinality": theirs, "ratios": ratios}
         print(f"{label:16s} {_span(ours):>24s} {_span(theirs):>24s} {_span(ratios):>28s}")
-    if args.json_out:
-        args.json_out.write_text(
-            json.dumps(
-                {
-                    "hidden": args.hidden,
-                    "precision": args.precision,
-                    "compile": args.compile,
-                    "pairs": pairs,
-                    "summary": summary,
-                },
-                indent=2,
-            )
-            + "\n"
-        )
+    _write_json(args, pairs=pairs, summary=summary)
 
 
 def report_interleaved(args: argparse.Namespace) -> None:
@@ -263,20 +250,14 @@ def report_interleaved(args: argparse.Namespace) -> None:
             f"{label:16s} {_span(shown[:1]):>10s} {_span(shown[1:]):>11s} "
             f"{statistics.median(ratios):>12.3f} ({min(ratios):.3f}-{max(ratios):.3f})"
         )
+    _write_json(args, interleaved_rounds=args.interleaved, summary=summary)
+
+
+def _write_json(args: argparse.Namespace, **results: object) -> None:
+    """The run's settings and `results` to `--json-out`, if given."""
     if args.json_out:
-        args.json_out.write_text(
-            json.dumps(
-                {
-                    "hidden": args.hidden,
-                    "precision": args.precision,
-                    "compile": args.compile,
-                    "interleaved_rounds": args.interleaved,
-                    "summary": summary,
-                },
-                indent=2,
-            )
-            + "\n"
-        )
+        settings = {"hidden": args.hidden, "precision": args.precision, "compile": args.compile}
+        args.json_out.write_text(json.dumps({**settings, **results}, indent=2) + "\n")
 
 
 def _ours(args: argparse.Namespace) -> str:
