@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import Bijection, DataInit, derived
+from .base import Bijection, DataInit
 
 
 class ActNorm(Bijection, DataInit):
@@ -25,26 +25,16 @@ class ActNorm(Bijection, DataInit):
         self.log_scale = nn.Parameter(torch.zeros(shape))
         self.eps = eps
 
-    def _scale(self) -> tuple[Tensor, Tensor]:
-        """exp(s) and Σ s."""
-        return self.log_scale.exp(), self.log_scale.sum()
-
-    def _inverse_scale(self) -> tuple[Tensor, Tensor]:
-        """exp(−s) and −Σ s."""
-        return (-self.log_scale).exp(), -self.log_scale.sum()
-
-    def _logdet(self, x: Tensor, signed_sum: Tensor) -> Tensor:
-        """±Σ s (`signed_sum`) times the positions sharing each parameter, for each example."""
+    def _logdet(self, x: Tensor) -> Tensor:
+        """Σ s times the positions sharing each parameter, for each example."""
         shared = x.shape[1:].numel() // self.log_scale.numel()
-        return (signed_sum * shared).expand(x.shape[0])
+        return (self.log_scale.sum() * shared).expand(x.shape[0])
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        scale, log_scale_sum = derived(self, self._scale)
-        return (x + self.bias) * scale, self._logdet(x, log_scale_sum)
+        return (x + self.bias) * self.log_scale.exp(), self._logdet(x)
 
     def inverse(self, z: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        inverse_scale, minus_log_scale_sum = derived(self, self._inverse_scale)
-        return z * inverse_scale - self.bias, self._logdet(z, minus_log_scale_sum)
+        return z * (-self.log_scale).exp() - self.bias, -self._logdet(z)
 
     @torch.no_grad()
     def init_from(self, x: Tensor) -> None:

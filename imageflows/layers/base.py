@@ -8,12 +8,19 @@ optional `cond` tensor, ignored by unconditional layers.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import TypeVar
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-T = TypeVar("T")
+
+class Recomputed(NamedTuple):
+    """A layer's input rebuilt from its output, and the layer re-run on it under autograd."""
+
+    x: Tensor  # the input f⁻¹(z), detached
+    handle: Tensor  # requires grad; ∂(z, logdet)/∂handle = ∂(z, logdet)/∂x
+    z: Tensor  # f(x), recomputed under autograd
+    logdet: Tensor  # log|det ∂z/∂x|, recomputed under autograd
 
 
 class Bijection(nn.Module):
@@ -25,57 +32,24 @@ class Bijection(nn.Module):
     def inverse(self, z: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
 
+    def recompute(self, z: Tensor, cond: Tensor | None = None) -> Recomputed:
+        """Rebuild the input from the output z and re-run the layer on it, for back-propagation
+        through the inverse (`Reversible`). Here: x = f⁻¹(z), then f(x) from x as a leaf.
+
+        The inverse runs on a copy of the random state, so that the forward sees the state the
+        original forward saw (dropout masks). A layer may override this with a cheaper
+        reconstruction (a coupling needs one conditioner pass, RevNet-style).
+        """
+        devices = [z.device] if z.device.type == "cuda" else []
+        with torch.no_grad(), torch.random.fork_rng(devices, device_type=z.device.type):
+            x = self.inverse(z, cond)[0]
+        x.requires_grad_(True)
+        return Recomputed(x.detach(), x, *self(x, cond))
+
 
 def zero_logdet(x: Tensor) -> Tensor:
     """A `[B]` zero log-det for volume-preserving layers."""
     return x.new_zeros(x.shape[0])
-
-
-def derived(module: nn.Module, compute: Callable[[], T]) -> T:
-    """`compute()`, a function of `module`'s parameters (a folded kernel, an inverse matrix).
-
-    Without autograd (encoding, sampling: the same parameters, call after call) it is built once
-    per parameter version and reused, one cache entry per `compute.__name__` (pass bound
-    methods); a parameter changed in place (an optimizer step, a load) bumps its version and
-    rebuilds it. Under autograd (training) it is computed every call, so that gradients flow,
-    and cached values are dropped rather than kept beside training. Parameters made under
-    `torch.inference_mode` keep no version, so for them too it is computed every call. Writes
-    through `param.data` bypass the version counter and are not seen.
-    """
-    if torch.is_grad_enabled() or torch.compiler.is_compiling():
-        module.__dict__.pop("_derived", None)
-        return compute()
-    key = parameter_versions(module)
-    if key is None:
-        return compute()
-    cache = module.__dict__.setdefault("_derived", {})
-    name = compute.__name__
-    if name not in cache or cache[name][0] != key:
-        cache[name] = (key, compute())
-    return cache[name][1]
-
-
-def parameter_versions(module: nn.Module) -> tuple[tuple[int, int], ...] | None:
-    """(address, version) of every parameter of `module` and its submodules: changes whenever a
-    parameter is replaced, moved or updated in place. None when a parameter is an inference
-    tensor (made under `torch.inference_mode`), which keeps no version to tell an update by.
-
-    A direct walk of the `_parameters` and `_modules` dicts: `module.parameters()` also builds
-    names and a set of visited modules, about 1 ms of a 30 ms Glow sampling call (A/B).
-    """
-    key = []
-    for p in module._parameters.values():
-        if p is not None:
-            if p.is_inference():
-                return None
-            key.append((p.data_ptr(), p._version))
-    for child in module._modules.values():
-        if child is not None:
-            child_key = parameter_versions(child)
-            if child_key is None:
-                return None
-            key.extend(child_key)
-    return tuple(key)
 
 
 class Sequential(Bijection):

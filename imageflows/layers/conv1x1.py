@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 
 import torch
 from torch import Tensor, nn
 
-from .base import Bijection, derived
+from .base import Bijection
 
 
 def _random_rotation(channels: int) -> Tensor:
@@ -46,27 +45,20 @@ class InvConv1x1(Bijection):
         """W `[C, C]` and log|det W| (a scalar)."""
         return self.weight, torch.linalg.slogdet(self.weight)[1]
 
-    def _inverse_matrix(self) -> tuple[Tensor, Tensor]:
-        """W⁻¹ and log|det W⁻¹| = −log|det W|."""
-        weight, logabsdet = self.matrix()
-        return torch.linalg.inv(weight), -logabsdet
-
-    def _multiply(
-        self, x: Tensor, matrix: Callable[[], tuple[Tensor, Tensor]]
-    ) -> tuple[Tensor, Tensor]:
-        """M x and H·W·log|det M| for M = `matrix()` (W or W⁻¹); without autograd (encoding,
-        sampling) M is built once per parameter version (`derived`), not an LU product and an
-        inversion per call."""
-        with _no_autocast(x):
-            weight, logabsdet = derived(self, matrix)
-            z = _mix_channels(weight, x)
-        return z, (logabsdet * x.shape[2:].numel()).expand(x.shape[0])
-
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return self._multiply(x, self.matrix)
+        with _no_autocast(x):
+            weight, logabsdet = self.matrix()
+            return _mix_channels(weight, x), self._logdet(x, logabsdet)
 
     def inverse(self, z: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return self._multiply(z, self._inverse_matrix)
+        with _no_autocast(z):
+            weight, logabsdet = self.matrix()
+            return _mix_channels(torch.linalg.inv(weight), z), -self._logdet(z, logabsdet)
+
+    @staticmethod
+    def _logdet(x: Tensor, logabsdet: Tensor) -> Tensor:
+        """H·W·log|det W| for each example."""
+        return (logabsdet * x.shape[2:].numel()).expand(x.shape[0])
 
 
 class InvConv1x1LU(InvConv1x1):

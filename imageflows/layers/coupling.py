@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import Bijection, zero_logdet
+from .base import Bijection, Recomputed, zero_logdet
 from .elementwise import ElementwiseMap
 
 
@@ -89,16 +89,27 @@ class Coupling(Bijection):
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         x_id, x_tr = self.split(x)
-        return self.transform_halves(x_id, x_tr, self.theta(x_id, cond))
-
-    def transform_halves(
-        self, x_id: Tensor, x_tr: Tensor, params: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        """The forward map given the split input and the conditioner's output θ = NN(x_id)."""
-        z_tr, logdet = self.transform(x_tr, params)
+        z_tr, logdet = self.transform(x_tr, self.theta(x_id, cond))
         return self.split.merge(x_id, z_tr), logdet.flatten(1).sum(1)
 
     def inverse(self, z: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         z_id, z_tr = self.split(z)
         x_tr, logdet = self.transform.inverse(z_tr, self.theta(z_id, cond))
         return self.split.merge(z_id, x_tr), logdet.flatten(1).sum(1)
+
+    def recompute(self, z: Tensor, cond: Tensor | None = None) -> Recomputed:
+        """RevNet's reconstruction (Gomez et al. 2017, section 3): x_id = z_id, so one
+        conditioner pass θ = NN(z_id) serves both the inverse and the recomputed forward.
+
+        The handle is z as a leaf: its first half is x_id itself, and its second half carries
+        x_tr's value with an identity Jacobian, so gradients w.r.t. the handle are those w.r.t. x.
+        """
+        handle = z.detach().requires_grad_(True)
+        x_id, z_tr = self.split(handle)
+        theta = self.theta(x_id, cond)
+        with torch.no_grad():
+            x_tr = self.transform.inverse(z_tr, theta)[0]
+        x_tr_graph = (z_tr - z_tr.detach()) + x_tr  # exactly x_tr's value; ∂/∂z_tr = I
+        z_tr, logdet = self.transform(x_tr_graph, theta)
+        x = self.split.merge(x_id, x_tr).detach()
+        return Recomputed(x, handle, self.split.merge(x_id, z_tr), logdet.flatten(1).sum(1))

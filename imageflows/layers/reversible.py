@@ -2,21 +2,20 @@
 
 RevNet (Gomez et al., NeurIPS 2017) applied to a flow: a chain of invertible layers keeps only
 its output for the backward pass. The backward pass walks the chain from the top, rebuilding each
-layer's input with `inverse`, re-running that one layer under autograd and back-propagating
-through it, so at most one layer's activations are alive at a time.
+layer's input with `Bijection.recompute` (its inverse; a coupling's one-pass reconstruction),
+re-running that one layer under autograd and back-propagating through it, so at most one layer's
+activations are alive at a time. No layer class is special here.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
 
 from .base import Bijection, Sequential
-from .coupling import Coupling
 
 
 def _leaves(layer: Bijection) -> Iterator[Bijection]:
@@ -26,40 +25,6 @@ def _leaves(layer: Bijection) -> Iterator[Bijection]:
             yield from _leaves(child)
     else:
         yield layer
-
-
-def _recompute(
-    layer: Bijection,
-    z: Tensor,
-    cond: Tensor | None,
-    replay: Callable[[], contextlib.AbstractContextManager],
-) -> tuple[list[Tensor], Tensor, Tensor, Tensor]:
-    """Rebuild `layer`'s input from its output z and re-run it under autograd.
-
-    Returns the input as leaves to differentiate by, the input itself, and the recomputed
-    output and log-det. A coupling leaves its conditioning half unchanged (x_id = z_id), so
-    θ = NN(x_id) is computed once and serves both the inverse and the recomputation, as in
-    RevNet: one conditioner pass instead of two. Every pass runs in `replay()`, which restores
-    the forward's random state (dropout).
-    """
-    if isinstance(layer, Coupling):
-        z_id, z_tr = layer.split(z)
-        x_id = z_id.detach().requires_grad_(True)
-        with replay():
-            params = layer.theta(x_id, cond)
-        with torch.no_grad():
-            x_tr = layer.transform.inverse(z_tr, params)[0]
-        x_tr.requires_grad_(True)
-        return (
-            [x_id, x_tr],
-            layer.split.merge(x_id, x_tr),
-            *layer.transform_halves(x_id, x_tr, params),
-        )
-    with torch.no_grad(), replay():
-        x = layer.inverse(z, cond)[0]
-    x.requires_grad_(True)
-    with replay():
-        return [x], x, *layer(x, cond)
 
 
 def _has_dropout(module: nn.Module) -> bool:
@@ -132,33 +97,28 @@ class _BackpropThroughInverse(torch.autograd.Function):
         for layer, rng in zip(
             reversed(list(_leaves(ctx.body))), reversed(ctx.rng_states), strict=True
         ):
-            with torch.enable_grad(), torch.autocast(**ctx.autocast):
-                c = cond.detach().requires_grad_(True) if cond_needs_grad else cond
-                replay = functools.partial(_replay_rng, rng, z.device)
-                inputs, x, z_again, logdet = _recompute(layer, z, c, replay)
-            wrt = [*inputs, *([c] if cond_needs_grad else []), *layer.parameters()]
-            wrt = [t for t in wrt if t.requires_grad]
-            # Outside autocast, like any backward pass (autocast would recast its matmuls).
-            # a volume-preserving layer's log-det is a constant with no graph
+            c = cond.detach().requires_grad_(True) if cond_needs_grad else cond
+            with torch.enable_grad(), torch.autocast(**ctx.autocast), _replay_rng(rng, z.device):
+                rebuilt = layer.recompute(z, c)
+            # outside autocast, like any backward pass; a volume-preserving layer's log-det is
+            # a constant with no graph
             outputs = [
-                (t, g) for t, g in ((z_again, grad_z), (logdet, grad_logdet)) if t.requires_grad
+                (t, g)
+                for t, g in ((rebuilt.z, grad_z), (rebuilt.logdet, grad_logdet))
+                if t.requires_grad
             ]
+            layer_params = [p for p in layer.parameters() if p.requires_grad]
+            wrt = [rebuilt.handle, *([c] if cond_needs_grad else []), *layer_params]
             got = torch.autograd.grad(
                 [t for t, _ in outputs], wrt, [g for _, g in outputs], allow_unused=True
             )
-            grad_inputs = [
-                g if g is not None else torch.zeros_like(t)
-                for t, g in zip(inputs, got, strict=False)
-            ]
-            grad_z = grad_inputs[0] if len(inputs) == 1 else layer.split.merge(*grad_inputs)
-            for tensor, g in zip(wrt[len(inputs) :], got[len(inputs) :], strict=True):
-                if g is None:
-                    continue
-                if tensor is c and cond_needs_grad:
-                    grad_cond = g if grad_cond is None else grad_cond + g
-                else:
-                    grads[id(tensor)] = g if id(tensor) not in grads else grads[id(tensor)] + g
-            z = x.detach()
+            grad_z = torch.zeros_like(rebuilt.handle) if got[0] is None else got[0]
+            if cond_needs_grad and got[1] is not None:
+                grad_cond = got[1] if grad_cond is None else grad_cond + got[1]
+            for p, g in zip(layer_params, got[len(wrt) - len(layer_params) :], strict=True):
+                if g is not None:
+                    grads[id(p)] = g if id(p) not in grads else grads[id(p)] + g
+            z = rebuilt.x
         return (None, grad_z, grad_cond, *[grads.get(id(p)) for p in params])
 
 

@@ -6,6 +6,7 @@ from ..config import ModelConfig
 from .base import FlowModel
 from .flowpp import FlowPlusPlus
 from .glow import Glow
+from .multiscale import MultiScaleFlow
 from .presets import PRESETS, preset_config
 
 
@@ -45,6 +46,7 @@ __all__ = [
     "FlowModel",
     "FlowPlusPlus",
     "Glow",
+    "MultiScaleFlow",
     "build_model",
     "from_preset",
     "preset_config",

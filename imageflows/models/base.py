@@ -2,14 +2,39 @@
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
 
 from ..layers import Bijection, initialize, standard_normal_log_prob
-from ..layers.base import parameter_versions
+
+
+def resolve_levels(n_bits: int | None, num_levels: int | None) -> int:
+    """N from `n_bits` (N = 2^b) or `num_levels`; exactly one may be given (default 8 bits)."""
+    if n_bits is not None and num_levels is not None:
+        raise ValueError("give n_bits or num_levels, not both")
+    if num_levels is None:
+        n_bits = 8 if n_bits is None else n_bits
+        if not 1 <= n_bits <= 8:
+            raise ValueError(f"n_bits must be in 1..8, got {n_bits}")
+        num_levels = 2**n_bits
+    if not 2 <= num_levels <= 256:
+        raise ValueError(f"num_levels must be in 2..256, got {num_levels}")
+    return num_levels
+
+
+@contextlib.contextmanager
+def evaluating(module: nn.Module) -> Iterator[None]:
+    """Run a block with `module` in eval mode (no dropout), then restore its mode."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
 
 
 class FlowModel(nn.Module):
@@ -32,11 +57,6 @@ class FlowModel(nn.Module):
         self.flow = flow
         self.dequantizer = dequantizer
         self.register_buffer("initialized", torch.tensor(False))
-        # encode/decode/sample run the flow in this dtype. A trained flow can be ill-conditioned
-        # (on MNIST's flat background, float32 rounding in encode is amplified ~1e5-fold by
-        # the inverse), so float64 is what makes decode(encode(x)) == x hold; set float32 for
-        # speed where exact round trips do not matter (e.g. sampling on a consumer GPU).
-        self.exact_dtype = torch.float64
 
     @property
     def num_dims(self) -> int:
@@ -105,61 +125,37 @@ class FlowModel(nn.Module):
             log_pz + logdet.to(dtype) - log_q.to(dtype) - self.num_dims * math.log(self.num_levels)
         )
 
-    def _eval_flow(self, dtype: torch.dtype) -> Bijection:
-        """`flow` in eval mode and `dtype`: itself, or a cached copy.
-
-        The copy is rebuilt whenever a parameter changes (an optimizer step, a load), or every call
-        when the parameters were made under `torch.inference_mode` and keep no version; it is
-        kept outside the module registry, so it never enters `state_dict`.
-        """
-        first = next(self.flow.parameters())
-        if first.dtype == dtype and not self.flow.training:
-            return self.flow
-        versions = parameter_versions(self.flow)
-        key = (dtype, first.device, versions)
-        cached = self.__dict__.get("_flow_copy")
-        if cached is None or cached[0] != key or versions is None:
-            cached = (key, copy.deepcopy(self.flow).to(dtype).eval())
-            self.__dict__["_flow_copy"] = cached
-        return cached[1]
-
     @torch.no_grad()
-    def encode(self, x: Tensor, exact: bool = True) -> Tensor:
-        """eps = flow((x + ½)/N): deterministic, `[B, C, H, W]` in `exact_dtype`.
+    def encode(self, x: Tensor) -> Tensor:
+        """eps = flow((x + ½)/N): deterministic (eval mode), `[B, C, H, W]`.
 
-        `exact=False` runs the flow in its parameters' dtype: faster, for statistics of latents
-        (attribute directions) rather than codes.
+        Runs in the parameters' dtype with autocast off. Exact round trips are a matter of
+        that dtype: a float64 model (`model.double()`) gives decode(encode(x)) == x where float32
+        rounding, amplified by an ill-conditioned trained flow, may not.
         """
         self.check_images(x)
         dtype, device = self._float()
-        dtype = self.exact_dtype if exact else dtype
-        with torch.autocast(device.type, enabled=False):
-            y = (x.to(device, dtype) + 0.5) / self.num_levels
-            return self._eval_flow(dtype)(y)[0]
+        with torch.autocast(device.type, enabled=False), evaluating(self.flow):
+            return self.flow((x.to(device, dtype) + 0.5) / self.num_levels)[0]
 
     @torch.no_grad()
-    def decode(self, eps: Tensor, exact: bool = True) -> Tensor:
-        """x = clamp(⌊N · flow⁻¹(eps)⌋, 0, N − 1) as uint8; decode(encode(x)) == x.
-
-        `exact=False` runs the flow in its parameters' dtype instead of `exact_dtype`: several
-        times faster, for pictures (sampling) rather than codes.
-        """
+    def decode(self, eps: Tensor) -> Tensor:
+        """x = clamp(⌊N · flow⁻¹(eps)⌋, 0, N − 1) as uint8 (eval mode, autocast off)."""
         self._check_latents(eps)
         dtype, device = self._float()
-        dtype = self.exact_dtype if exact else dtype
-        with torch.autocast(device.type, enabled=False):
-            y = self._eval_flow(dtype).inverse(eps.to(device, dtype))[0]
+        with torch.autocast(device.type, enabled=False), evaluating(self.flow):
+            y = self.flow.inverse(eps.to(device, dtype))[0]
         return (y * self.num_levels).floor().clamp(0, self.num_levels - 1).to(torch.uint8)
 
     @torch.no_grad()
     def sample(
         self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None
     ) -> Tensor:
-        """decode(T · eps, exact=False), eps ~ N(0, I) (Glow section 5, reduced temperature)."""
+        """decode(T · eps), eps ~ N(0, I) (Glow section 5, reduced temperature)."""
         if n < 1:
             raise ValueError(f"number of samples must be positive, got {n}")
         if not 0 <= temperature < float("inf"):
             raise ValueError(f"temperature must be finite and ≥ 0, got {temperature}")
         dtype, device = self._float()
         eps = torch.randn((n, *self.image_shape), generator=generator, dtype=dtype, device=device)
-        return self.decode(temperature * eps, exact=False)
+        return self.decode(temperature * eps)

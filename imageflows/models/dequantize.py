@@ -5,6 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .steps import choose
+from .variational import VariationalDequantizer
+
 
 class UniformDequantizer(nn.Module):
     """u ~ U[0, 1)^D, so log q(u|x) = 0 (RealNVP section 4.1, Glow's baseline).
@@ -17,3 +20,18 @@ class UniformDequantizer(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         u = torch.rand(x.shape, generator=generator, dtype=dtype, device=x.device)
         return (x.to(dtype) + u) / num_levels, x.new_zeros(x.shape[0], dtype=dtype)
+
+
+DEQUANTIZERS: dict[str, type[nn.Module]] = {
+    "uniform": UniformDequantizer,
+    "variational": VariationalDequantizer,
+}
+
+
+def make_dequantizer(
+    dequantization: str, image_shape: tuple[int, int, int], **variational: object
+) -> nn.Module:
+    """q(u|x) by name; `variational` are `VariationalDequantizer`'s keyword arguments, ignored
+    by the uniform dequantizer."""
+    kind = choose("dequantization", dequantization, DEQUANTIZERS)
+    return kind() if kind is UniformDequantizer else kind(image_shape, **variational)

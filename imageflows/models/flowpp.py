@@ -7,9 +7,9 @@ from functools import partial
 
 from ..layers import Bijection, Inverse, Logit, Reversible, Sequential, Squeeze
 from ..nets import FlowppConditioner
-from .base import FlowModel
-from .glow import PERMUTATIONS, _choice, make_dequantizer, make_transform, resolve_levels
-from .variational import flowpp_step
+from .base import FlowModel, resolve_levels
+from .dequantize import make_dequantizer
+from .steps import PERMUTATIONS, choose, flowpp_step, make_transform
 
 _STAGE = re.compile(r"(\d+)(cb|ch)|sq")
 
@@ -48,7 +48,8 @@ class FlowPlusPlus(FlowModel):
     The defaults are the paper's CIFAR-10 model (official code): layout `4cb,sq,2ch,3cb`, 10
     blocks of 96 filters with 4-head attention, 32 logistics per mixture coupling, dropout 0.2,
     invertible 1x1 convolutions and a variational dequantizer of 4 mixture couplings (2 blocks
-    each) on a context network. A step is per-element actnorm → permutation → coupling → swap.
+    each; `dequant_couplings`, `dequant_blocks`) on a context network of
+    `dequant_context_channels`. A step is per-element actnorm → permutation → coupling → swap.
     `coupling` ∈ {mixture, affine, additive} and `permutation`, `dequantization` ∈ {variational,
     uniform} and `attention` switch the paper's components; `memory_saving` back-propagates each
     stage through its inverse.
@@ -70,6 +71,9 @@ class FlowPlusPlus(FlowModel):
         n_bits: int | None = None,
         num_levels: int | None = None,
         memory_saving: bool = False,
+        dequant_couplings: int = 4,
+        dequant_blocks: int = 2,
+        dequant_context_channels: int = 32,
     ) -> None:
         net = dict(
             hidden_channels=hidden_channels,
@@ -78,7 +82,7 @@ class FlowPlusPlus(FlowModel):
             dropout=dropout,
         )
         conditioner = partial(FlowppConditioner, blocks=blocks, **net)
-        permute = _choice("permutation", permutation, PERMUTATIONS)
+        choose("permutation", permutation, PERMUTATIONS)  # fails before anything is built
         chain = Reversible if memory_saving else Sequential
         shape = tuple(image_shape)
         layers: list[Bijection] = [Logit(0.05)]
@@ -94,13 +98,19 @@ class FlowPlusPlus(FlowModel):
                 layer
                 for _ in range(count)
                 for layer in flowpp_step(
-                    shape, kind, make_transform(coupling, components), permute, conditioner
+                    shape, kind, make_transform(coupling, components), permutation, conditioner
                 )
             ]
             layers.append(chain(steps))
         layers += [Inverse(Squeeze()) for _ in range(squeezes)]  # back to (C, H, W)
         dequantizer = make_dequantizer(
-            dequantization, tuple(image_shape), blocks=2, components=components, **net
+            dequantization,
+            tuple(image_shape),
+            couplings=dequant_couplings,
+            blocks=dequant_blocks,
+            context_channels=dequant_context_channels,
+            components=components,
+            **net,
         )
         super().__init__(
             image_shape, resolve_levels(n_bits, num_levels), Sequential(layers), dequantizer

@@ -1,62 +1,23 @@
-"""Variational dequantization q(u|x) as a conditional flow (Flow++ section 3.2).
-
-Also home of `flowpp_step`, the step that Flow++'s main flow and its dequantizer share.
-"""
+"""Variational dequantization q(u|x) as a conditional flow (Flow++ section 3.2)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from functools import partial
 
 import torch
 from torch import Tensor, nn
 
 from ..layers import (
-    ActNorm,
-    Bijection,
-    ChannelSplit,
     CheckerboardSplit,
-    Coupling,
-    ElementwiseMap,
-    InvConv1x1,
     Inverse,
     Logit,
     MixtureCDF,
     Sequential,
-    SwapHalves,
     initialize,
     standard_normal_log_prob,
 )
 from ..nets import ContextNet, FlowppConditioner
-
-SPLITS: dict[str, type[nn.Module]] = {"cb": CheckerboardSplit, "ch": ChannelSplit}
-
-
-def flowpp_step(
-    shape: tuple[int, int, int],
-    split: str,
-    transform: ElementwiseMap,
-    permutation: Callable[[int], Bijection] | None,
-    conditioner: Callable[..., nn.Module],
-) -> list[Bijection]:
-    """Per-element actnorm → permutation → coupling → swap of the halves (Flow++ official code).
-
-    `split` is "cb" (alternate columns, halves W) or "ch" (channel halves, C must be even);
-    `conditioner(in_channels, out_channels, size=(H, W))` builds the coupling's network.
-    Shapes: `[B, C, H, W]` → `[B, C, H, W]`.
-    """
-    c, h, w = shape
-    if split == "cb":
-        id_channels, tr_channels, size = c, c, (h, w // 2)
-    else:
-        id_channels, tr_channels, size = c // 2, c - c // 2, (h, w)
-    net = conditioner(id_channels, transform.num_params * tr_channels, size=size)
-    return [
-        ActNorm(shape),
-        *([permutation(c)] if permutation is not None else []),
-        Coupling(net, transform, SPLITS[split]()),
-        SwapHalves(SPLITS[split]()),
-    ]
+from .steps import flowpp_step
 
 
 class VariationalDequantizer(nn.Module):
@@ -100,7 +61,7 @@ class VariationalDequantizer(nn.Module):
             layer
             for _ in range(couplings)
             for layer in flowpp_step(
-                (c, h, w), "cb", MixtureCDF(components), InvConv1x1, conditioner
+                (c, h, w), "cb", MixtureCDF(components), "conv1x1", conditioner
             )
         ]
         self.flow = Sequential([*steps, Inverse(Logit(0.0))])  # the sigmoid ends in (0, 1)

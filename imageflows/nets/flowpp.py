@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers import DataInit
-from ..layers.base import derived
 
 
 def concat_elu(x: Tensor) -> Tensor:
@@ -79,7 +78,7 @@ class WNConv2d(DataInit):
         return F.conv2d(x, weight, bias, padding=self.direction.shape[-1] // 2)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self._conv(x, derived(self, self.weight), self.bias)
+        return self._conv(x, self.weight(), self.bias)
 
     @torch.no_grad()
     def init_from(self, x: Tensor) -> None:

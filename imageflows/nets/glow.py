@@ -7,7 +7,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers import ActNorm, DataInit
-from ..layers.base import derived
 
 
 def _scaled_kernel(conv: nn.Conv2d, scale: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
@@ -41,7 +40,7 @@ class ConvActNorm(DataInit):
         return _scaled_kernel(self.conv, self.actnorm.log_scale.exp(), self.actnorm.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.conv2d(x, *derived(self, self.kernel), padding=self.conv.padding)
+        return F.conv2d(x, *self.kernel(), padding=self.conv.padding)
 
 
 class ZeroConv2d(nn.Module):
@@ -66,7 +65,7 @@ class ZeroConv2d(nn.Module):
         return _scaled_kernel(self.conv, (3 * self.log_scale).exp(), self.conv.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.conv2d(x, *derived(self, self.kernel), padding=self.conv.padding)
+        return F.conv2d(x, *self.kernel(), padding=self.conv.padding)
 
 
 class GlowConditioner(nn.Module):
@@ -85,18 +84,6 @@ class GlowConditioner(nn.Module):
             nn.ReLU(inplace=True),
             ZeroConv2d(hidden_channels, out_channels),
         )
-
-    # Runs saved before actnorm was folded into the convolutions named the layers net.0-6.
-    _LEGACY_NAMES = {"0.": "0.conv.", "1.": "0.", "3.": "2.conv.", "4.": "2.", "6.": "4."}
-
-    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args) -> None:
-        if prefix + "net.6.log_scale" in state_dict:
-            net = prefix + "net."
-            for key in [k for k in state_dict if k.startswith(net)]:
-                layer = key[len(net) :].split(".")[0] + "."
-                new = net + self._LEGACY_NAMES[layer] + key[len(net) + len(layer) :]
-                state_dict[new] = state_dict.pop(key)
-        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
         x = x if cond is None else torch.cat([x, cond], dim=1)
