@@ -39,6 +39,13 @@ class ActNorm(Bijection, DataInit):
     @torch.no_grad()
     def init_from(self, x: Tensor) -> None:
         dims = [d for d in range(x.dim()) if self.bias.shape[d] == 1]
+        if x.numel() // self.bias.numel() < 2:
+            # one value per parameter has no spread: s would be −log(eps) ≈ 13.8
+            raise ValueError(
+                f"ActNorm's data-dependent init needs at least 2 values per parameter, got a "
+                f"batch of {x.shape[0]} for parameters of shape {list(self.bias.shape[1:])}: "
+                "initialise on a larger batch"
+            )
         mean = x.mean(dim=dims, keepdim=True)
         std = x.std(dim=dims, keepdim=True, unbiased=False)
         self.bias.copy_(-mean)

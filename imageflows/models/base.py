@@ -100,6 +100,9 @@ class FlowModel(nn.Module):
                 f"expected latents of shape [B, {', '.join(map(str, self.image_shape))}], "
                 f"got {list(eps.shape)}"
             )
+        if not torch.isfinite(eps).all():
+            bad = int((~torch.isfinite(eps)).sum())
+            raise ValueError(f"latents must be finite, found {bad} NaN or infinite values")
 
     def initialize(self, x: Tensor, force: bool = False) -> None:
         """Data-dependent init of every layer on one uint8 batch (Glow section 3.1)."""
