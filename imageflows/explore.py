@@ -17,7 +17,7 @@ from torch import Tensor
 
 from imageflows._io import atomic_write
 from imageflows.config import Config
-from imageflows.data import _IMAGE_SUFFIXES, load_dataset, prepare
+from imageflows.data import folder_files, load_dataset, prepare
 from imageflows.images import save_grid
 from imageflows.latent import (
     Direction,
@@ -86,7 +86,7 @@ class Explorer:
                 )
             table = read_attribute_file(attr_file)
             self.attributes = list(table.names)
-            self._signs = table.signs_for(folder_files(data_dir, split))
+            self._signs = table.signs_for([p.name for p in folder_files(data_dir, split)])
             if len(self._signs) != len(self.images):  # the folder changed while we read it
                 raise RuntimeError(
                     f"{Path(data_dir) / split}: found {len(self._signs)} image files but loaded "
@@ -194,20 +194,6 @@ def run_config(run: Path) -> Config:
     if not (run / CONFIG_FILE).is_file():
         raise FileNotFoundError(f"{run}: not a run directory (no {CONFIG_FILE})")
     return Config.load(run / CONFIG_FILE)
-
-
-def folder_files(data_dir: str | Path | None, split: str) -> list[str]:
-    """The image file names of a `folder` dataset split, in the loader's order (classes sorted
-    by name, files sorted within each class), to match attribute-file rows."""
-    if data_dir is None:
-        raise ValueError("an attribute file needs the folder dataset's --data-dir")
-    split_dir = Path(data_dir).expanduser() / split
-    return [
-        path.name
-        for folder in sorted(p for p in split_dir.iterdir() if p.is_dir())
-        for path in sorted(folder.iterdir())
-        if path.suffix.lower() in _IMAGE_SUFFIXES
-    ]
 
 
 def write_interpolation(
