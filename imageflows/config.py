@@ -2,7 +2,9 @@
 
 A run is described by one `Config` (model, data, train). Every key is a dataclass field, so an
 override like `train.lr=1e-3` is coerced to the field's type and an unknown key is an error that
-lists the valid ones.
+lists the valid ones. A model field tagged `_only("glow")` (or `"flowpp"`) belongs to that
+`model.type` alone: `config.json` holds only the chosen type's keys, and giving another type's
+key, by `--set` or in a file, is an error listing the valid ones.
 """
 
 from __future__ import annotations
@@ -17,9 +19,17 @@ from typing import Any
 
 from ._io import atomic_write_text
 
+MODEL_TYPES = ("flowpp", "glow")
+PRECISIONS = ("fp32", "bf16")
+
 
 class ConfigError(ValueError):
     """A configuration key or value is not valid."""
+
+
+def _only(model_type: str, default: Any) -> Any:
+    """A model field that only `model_type` takes."""
+    return field(default=default, metadata={"model_type": model_type})
 
 
 @dataclass(frozen=True)
@@ -27,25 +37,39 @@ class ModelConfig:
     type: str = "glow"  # builder: "glow" | "flowpp"
     image_shape: tuple[int, int, int] = (1, 8, 8)  # (C, H, W) of the modelled images
     num_levels: int = 17  # N, the number of pixel levels the model sees (2**n_bits)
-    levels: int = 2  # Glow's L: number of scales
-    depth: int = 8  # Glow's K: flow steps per scale
+    levels: int = _only("glow", 2)  # Glow's L: number of scales
+    depth: int = _only("glow", 8)  # Glow's K: flow steps per scale
     hidden_channels: int = 64  # width of each coupling's conditioner
     coupling: str = "affine"  # the couplings' element-wise map: "additive" | "affine" | "mixture"
     components: int = 32  # logistics per element of a "mixture" coupling (Flow++: 32)
     permutation: str = "conv1x1_lu"  # "none" | "reverse" | "shuffle" | "conv1x1" | "conv1x1_lu"
     dequantization: str = "uniform"  # q(u|x): "uniform" | "variational" (Flow++'s flow)
-    layout: str = "4cb,sq,2ch,3cb"  # Flow++: Ncb, Nch = N checkerboard, channel steps; sq
-    blocks: int = 10  # Flow++: gated conv + attention blocks per conditioner
-    heads: int = 4  # Flow++: attention heads (hidden_channels must divide by it)
-    attention: bool = True  # Flow++: self-attention in the conditioners (off: pointwise layer)
-    dropout: float = 0.2  # Flow++: dropout probability inside the conditioners
+    dequant_couplings: int = 4  # variational q(u|x): mixture couplings (Flow++ section 3.1)
+    dequant_blocks: int = 2  # variational q(u|x): gated residual blocks per conditioner
+    dequant_context_channels: int = 32  # variational q(u|x): channels of the context network
+    layout: str = _only("flowpp", "4cb,sq,2ch,3cb")  # Ncb, Nch: N checkerboard/channel steps
+    blocks: int = _only("flowpp", 10)  # gated conv + attention blocks per conditioner
+    heads: int = _only("flowpp", 4)  # attention heads (hidden_channels must divide by it)
+    attention: bool = _only("flowpp", True)  # self-attention in the conditioners (off: 1x1)
+    dropout: float = _only("flowpp", 0.2)  # dropout probability inside the conditioners
     memory_saving: bool = False  # back-propagate through inverses: memory constant in depth
+
+    def __post_init__(self) -> None:
+        _check_model_type(self.type)
+        for f in dataclasses.fields(self):
+            if not _takes(f, self.type) and getattr(self, f.name) != f.default:
+                raise ConfigError(_not_taken(f.name, self.type))
 
 
 @dataclass(frozen=True)
 class DataConfig:
     name: str = "digits"  # "digits" | "mnist" | "cifar10" | "folder"
     dir: str | None = None  # folder holding the dataset files (digits needs none)
+
+
+_POSITIVE = ("batch_size", "eval_every", "eval_batch_size", "checkpoint_every",
+             "keep_checkpoints", "log_every", "init_batch_size", "max_bad_steps")  # fmt: skip
+_NON_NEGATIVE = ("steps", "warmup_steps", "grad_clip", "eval_images")
 
 
 @dataclass(frozen=True)
@@ -56,11 +80,11 @@ class TrainConfig:
     warmup_steps: int = 200  # linear learning-rate warm-up from 0 (Glow: ~1 epoch)
     grad_clip: float = 50.0  # max global gradient norm; 0 turns clipping off
     ema: float = 0.999  # decay of the Polyak (EMA) weights; 0 turns EMA off
-    seed: int = 0  # seeds data order, init, dequantization noise and sampling
+    seed: int = 0  # seeds data order, init, dequantization noise, evaluation and sampling
     init_batch_size: int = 512  # images for the data-dependent (actnorm) init
     eval_every: int = 500  # steps between test bits/dim evaluations and sample grids
     eval_images: int = 0  # test images per periodic evaluation; 0 = the whole test split
-    eval_batch_size: int = 500  # images per evaluation batch
+    eval_batch_size: int = 500  # images per evaluation batch (each batch has its own noise)
     sample_temperatures: tuple[float, ...] = (0.0, 0.5, 0.7, 1.0)  # rows of the sample grid
     checkpoint_every: int = 500  # steps between checkpoints (and at the end)
     keep_checkpoints: int = 3  # most recent checkpoints kept on disk
@@ -71,6 +95,20 @@ class TrainConfig:
     lr_backoff: float = 0.5  # learning-rate factor applied at each such reload
     tensorboard: bool = False  # also write TensorBoard event files (needs the `tb` extra)
 
+    def __post_init__(self) -> None:
+        for key in _POSITIVE:
+            if getattr(self, key) < 1:
+                raise ConfigError(f"train.{key} must be ≥ 1, got {getattr(self, key)}")
+        for key in _NON_NEGATIVE:
+            if getattr(self, key) < 0:
+                raise ConfigError(f"train.{key} must be ≥ 0, got {getattr(self, key)}")
+        if not 0.0 < self.lr_backoff <= 1.0:
+            raise ConfigError(f"train.lr_backoff must be in (0, 1], got {self.lr_backoff}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(
+                f"train.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
+            )
+
 
 @dataclass(frozen=True)
 class Config:
@@ -79,48 +117,81 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The nested dict of `config.json`: each section's keys (the model's of its type)."""
+        sections = {name: getattr(self, name) for name in SECTIONS}
+        return {
+            name: {
+                f.name: getattr(section, f.name)
+                for f in dataclasses.fields(section)
+                if _takes(f, self.model.type)
+            }
+            for name, section in sections.items()
+        }
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> Config:
-        """Build from a nested dict, rejecting unknown sections and keys."""
-        sections = {f.name: f.type for f in dataclasses.fields(cls)}
-        hints = typing.get_type_hints(cls)
-        unknown = set(raw) - set(sections)
-        if unknown:
+    def from_dict(cls, raw: Any) -> Config:
+        """Build from a nested dict of typed values (JSON's), rejecting unknown or misplaced
+        sections and keys and values of the wrong type; a missing key takes its default."""
+        if not isinstance(raw, dict):
             raise ConfigError(
-                f"unknown config section(s) {sorted(unknown)}; valid: {sorted(sections)}"
+                f"expected an object of sections {', '.join(SECTIONS)}, got {_json_type(raw)}"
             )
+        unknown = sorted(set(raw) - set(SECTIONS))
+        if unknown:
+            raise ConfigError(f"unknown config section(s) {unknown}; valid: {list(SECTIONS)}")
+        for name, values in raw.items():
+            if not isinstance(values, dict):
+                raise ConfigError(f"{name}: expected an object of keys, got {_json_type(values)}")
+        model_type = raw.get("model", {}).get("type", ModelConfig.type)
+        if not isinstance(model_type, str):
+            raise ConfigError(f"model.type: expected str, got {model_type!r}")
+        _check_model_type(model_type)
         parts = {}
-        for name, sub in hints.items():
+        for name, section in SECTIONS.items():
             values = raw.get(name, {})
-            valid = {f.name: f for f in dataclasses.fields(sub)}
-            bad = set(values) - set(valid)
-            if bad:
-                keys = ", ".join(f"{name}.{k}" for k in valid)
-                raise ConfigError(f"unknown config key(s) {sorted(bad)}; valid keys: {keys}")
-            sub_hints = typing.get_type_hints(sub)
-            parts[name] = sub(
-                **{k: _coerce(v, sub_hints[k], f"{name}.{k}") for k, v in values.items()}
+            hints = typing.get_type_hints(section)
+            valid = [f.name for f in dataclasses.fields(section) if _takes(f, model_type)]
+            for key in values:
+                if key in valid:
+                    continue
+                if key in hints:
+                    raise ConfigError(_not_taken(key, model_type))
+                valid_keys = _valid_keys(name, valid, model_type if name == "model" else None)
+                raise ConfigError(f"unknown config key {name}.{key}; {valid_keys}")
+            parts[name] = section(
+                **{k: _check(v, hints[k], f"{name}.{k}") for k, v in values.items()}
             )
         return cls(**parts)
 
-    def with_overrides(self, assignments: list[str]) -> Config:
-        """Apply `section.key=value` strings, e.g. `train.lr=1e-3`."""
+    def with_overrides(self, assignments: list[str] | tuple[str, ...]) -> Config:
+        """Apply `section.key=value` strings, e.g. `train.lr=1e-3`, in order.
+
+        A `model.type=...` override drops the keys of the old type that the new one does not
+        take, unless they are also given; those are errors."""
         raw = self.to_dict()
+        given = set()
         for item in assignments:
             key, sep, value = item.partition("=")
-            section, dot, name = key.strip().partition(".")
+            key = key.strip()
+            section, dot, name = key.partition(".")
             if not sep or not dot:
                 raise ConfigError(f"expected section.key=value, got {item!r}")
-            if section not in raw:
+            if section not in SECTIONS:
                 raise ConfigError(
-                    f"unknown config section {section!r} in {item!r}; valid: {sorted(raw)}"
+                    f"unknown config section {section!r} in {item!r}; valid: {list(SECTIONS)}"
                 )
-            if name not in raw[section]:
-                keys = ", ".join(f"{section}.{k}" for k in raw[section])
-                raise ConfigError(f"unknown config key {key!r}; valid keys: {keys}")
-            raw[section][name] = value.strip()
+            hints = typing.get_type_hints(SECTIONS[section])
+            if name not in hints:
+                of = raw["model"]["type"] if section == "model" else None
+                valid = model_keys(of) if of else list(hints)
+                raise ConfigError(f"unknown config key {key}; {_valid_keys(section, valid, of)}")
+            raw[section][name] = _parse(value.strip(), hints[name], key)
+            given.add(key)
+        model_type = raw["model"]["type"]
+        _check_model_type(model_type)
+        raw["model"] = {
+            k: v for k, v in raw["model"].items() if f"model.{k}" in given or takes(k, model_type)
+        }
         return Config.from_dict(raw)
 
     def save(self, path: str | Path) -> None:
@@ -128,53 +199,113 @@ class Config:
 
     @classmethod
     def load(cls, path: str | Path) -> Config:
+        """Read `config.json`; anything malformed is a one-line `ConfigError` naming the file."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such config file")
         try:
-            raw = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
+            raw = json.loads(path.read_bytes())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ConfigError(f"{path}: not valid JSON ({err})") from None
-        return cls.from_dict(raw)
+        try:
+            return cls.from_dict(raw)
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {err}") from None
 
 
-def _coerce(value: Any, hint: Any, key: str) -> Any:
-    """Convert `value` (a string from the command line or a JSON value) to the type `hint`."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
+SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+
+
+def takes(key: str, model_type: str) -> bool:
+    """Whether a model of `model_type` has the config key `model.<key>`."""
+    fields = {f.name: f for f in dataclasses.fields(ModelConfig)}
+    return key in fields and _takes(fields[key], model_type)
+
+
+def model_keys(model_type: str) -> list[str]:
+    """The keys (`levels`, `layout`, ...) of the `model` section of a `model_type`."""
+    _check_model_type(model_type)
+    return [f.name for f in dataclasses.fields(ModelConfig) if _takes(f, model_type)]
+
+
+def _takes(f: dataclasses.Field, model_type: str) -> bool:
+    return f.metadata.get("model_type", model_type) == model_type
+
+
+def _check_model_type(model_type: str) -> None:
+    if model_type not in MODEL_TYPES:
+        raise ConfigError(f"unknown model.type {model_type!r}; choose one of {list(MODEL_TYPES)}")
+
+
+def _not_taken(key: str, model_type: str) -> str:
+    return f"model.{key} does not apply to model.type {model_type!r}; " + _valid_keys(
+        "model", model_keys(model_type), model_type
+    )
+
+
+def _valid_keys(section: str, keys: list[str], model_type: str | None = None) -> str:
+    of = f" for {model_type}" if model_type else ""
+    return f"valid keys{of}: " + ", ".join(f"{section}.{k}" for k in keys)
+
+
+def _json_type(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}"[:80]
+
+
+def _check(value: Any, hint: Any, key: str) -> Any:
+    """`value` from JSON as the type `hint` (int for float, a list for a tuple), else an error."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
-            if type(None) in args:
-                return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], key)
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _check(value, inner, key)
     if origin is tuple:
-        items = value.split(",") if isinstance(value, str) else list(value)
-        items = [i for i in items if not (isinstance(i, str) and not i.strip())]
-        item_type = args[0]
+        fixed = not (len(args) == 2 and args[1] is Ellipsis)
+        if not isinstance(value, list | tuple) or (fixed and len(value) != len(args)):
+            count = f"{len(args)} " if fixed else ""
+            expected = f"a list of {count}{args[0].__name__}"
+            raise ConfigError(f"{key}: expected {expected}, got {_json_type(value)}")
+        item_types = args if fixed else [args[0]] * len(value)
+        return tuple(_check(v, t, key) for v, t in zip(value, item_types, strict=True))
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, int | float) and not isinstance(value, bool),
+        str: isinstance(value, str),
+    }[hint]
+    if not ok:
+        raise ConfigError(f"{key}: expected {hint.__name__}, got {_json_type(value)}")
+    return float(value) if hint is float else value
+
+
+_BOOLEANS = {"1": True, "true": True, "yes": True, "on": True,
+             "0": False, "false": False, "no": False, "off": False}  # fmt: skip
+
+
+def _parse(text: str, hint: Any, key: str) -> Any:
+    """A command-line string `text` as the type `hint` (`none` for None, commas for tuples)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if text.lower() in ("none", "null", "") and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _parse(text, inner, key)
+    if origin is tuple:
+        items = [item.strip() for item in text.split(",") if item.strip()]
         if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(i, item_type, key) for i in items)
+            return tuple(_parse(item, args[0], key) for item in items)
         if len(items) != len(args):
-            raise ConfigError(f"{key}: expected {len(args)} comma-separated values, got {value!r}")
-        return tuple(_coerce(i, t, key) for i, t in zip(items, args, strict=True))
+            raise ConfigError(f"{key}: expected {len(args)} comma-separated values, got {text!r}")
+        return tuple(_parse(item, t, key) for item, t in zip(items, args, strict=True))
     try:
         if hint is bool:
-            if isinstance(value, str):
-                if value.lower() in ("1", "true", "yes", "on"):
-                    return True
-                if value.lower() in ("0", "false", "no", "off"):
-                    return False
-                raise ValueError
-            return bool(value)
+            return _BOOLEANS[text.lower()]
         if hint is int:
-            if isinstance(value, float) and not value.is_integer():
+            number = float(text)
+            if not number.is_integer():
                 raise ValueError
-            if isinstance(value, str):
-                as_float = float(value)
-                if not as_float.is_integer():
-                    raise ValueError
-                return int(as_float)
-            return int(value)
-        return hint(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{key}: cannot read {value!r} as {hint.__name__}") from None
+            return int(number)
+        return hint(text)
+    except (KeyError, ValueError, OverflowError):
+        raise ConfigError(f"{key}: cannot read {text!r} as {hint.__name__}") from None
