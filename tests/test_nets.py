@@ -18,7 +18,6 @@ from imageflows.nets import (
     GatedAttention,
     GatedConv,
     GatedPointwise,
-    GlowConditioner,
     WNConv2d,
     ZeroConv2d,
     concat_elu,
@@ -52,32 +51,6 @@ def test_zero_conv_starts_at_zero_and_scales_its_output_by_exp_3s() -> None:
         for p in layer.parameters():
             p.add_(0.5 * torch.randn(p.shape, dtype=p.dtype))
     torch.testing.assert_close(layer(x), layer.conv(x) * (3 * layer.log_scale).exp())
-
-
-def test_glow_conditioner_loads_weights_saved_before_the_folding() -> None:
-    torch.manual_seed(0)
-    saved = GlowConditioner(2, 4, 8)
-    with torch.no_grad():
-        for p in saved.parameters():
-            p.add_(torch.randn(p.shape))
-    old_names = {
-        "0.conv.": "0.",
-        "0.actnorm.": "1.actnorm.",
-        "2.conv.": "3.",
-        "2.actnorm.": "4.actnorm.",
-    }
-    legacy = {}
-    for key, value in saved.state_dict().items():
-        layer = next((k for k in old_names if key.startswith("net." + k)), None)
-        new_key = "net." + old_names[layer] + key[4 + len(layer) :] if layer else key
-        legacy[new_key.replace("net.4.conv.", "net.6.conv.").replace("net.4.log", "net.6.log")] = (
-            value
-        )
-    assert "net.6.log_scale" in legacy and "net.1.actnorm.bias" in legacy
-    loaded = GlowConditioner(2, 4, 8)
-    loaded.load_state_dict(legacy)
-    x = torch.randn(3, 2, 4, 4)
-    torch.testing.assert_close(loaded(x), saved(x))
 
 
 def test_concat_elu_and_gate() -> None:
