@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import Tensor, nn
 
 import imageflows.layers as L
+from imageflows.models import MultiScaleFlow, steps
 from imageflows.nets import FlowppConditioner, GlowConditioner, ZeroConv2d
 
 Sampler = Callable[[tuple[int, ...], torch.Generator], Tensor]
@@ -42,7 +44,9 @@ class Case:
     like the forward's output); `cond_channels` > 0 gives the layer a `cond` of shape
     (cond_channels, H, cond_width or W); `train` runs it in training mode (dropout: every call is
     preceded by the same `torch.manual_seed`); `prepare` moves the randomised parameters where a
-    case wants them (e.g. a mixture's tails); `tol` is the round trip's tolerance.
+    case wants them (e.g. a mixture's tails); `tol` is the round trip's tolerance; `noise` the
+    standard deviation added to every parameter (smaller for deep chains, whose conditioning
+    compounds).
     """
 
     name: str
@@ -55,6 +59,7 @@ class Case:
     train: bool = False
     prepare: Callable[[L.Bijection], None] | None = None
     tol: float = 1e-10
+    noise: float = 0.3
 
 
 CALL_SEED = 1234  # the dropout seed set before every call of a layer
@@ -86,7 +91,7 @@ def make_layer(case: Case, seed: int = 0) -> L.Bijection:
     with torch.no_grad():
         for p in layer.parameters():
             # drawn in logical order, so a channels-last parameter gets the same values
-            p.add_(0.3 * torch.randn(p.shape, dtype=p.dtype))
+            p.add_(case.noise * torch.randn(p.shape, dtype=p.dtype))
     if case.prepare is not None:
         case.prepare(layer)
     return layer
@@ -144,11 +149,26 @@ def flowpp_coupling(
     return L.Coupling(net, transform, L.CheckerboardSplit())
 
 
-def flowpp_step(shape: tuple[int, int, int], coupling: L.Coupling) -> L.Sequential:
-    """Per-element actnorm → 1x1 convolution → coupling → swap (Flow++'s step)."""
-    return L.Sequential(
-        [L.ActNorm(shape), L.InvConv1x1(shape[0]), coupling, L.SwapHalves(L.CheckerboardSplit())]
+def flowpp_step(
+    shape: tuple[int, int, int], transform: L.ElementwiseMap, dropout: float = 0.0, cond: int = 0
+) -> L.Sequential:
+    """Flow++'s checkerboard step as the models build it: per-element actnorm → 1x1 convolution
+    → coupling → swap; with `cond` channels every gated convolution sees `cond`."""
+    net = partial(
+        FlowppConditioner,
+        hidden_channels=8,
+        blocks=1,
+        heads=2,
+        dropout=dropout,
+        cond_channels=cond,
     )
+    return L.Sequential(steps.flowpp_step(shape, "cb", transform, "conv1x1", net))
+
+
+def multiscale_glow(permutation: str) -> MultiScaleFlow:
+    """Glow's multi-scale flow of two levels of one step: squeeze, step, split prior,
+    factor-out, top prior, unsqueeze."""
+    return MultiScaleFlow(1, 2, 1, lambda c: steps.glow_step(c, 4, "affine", permutation))
 
 
 def mixture_tail_case(
@@ -258,18 +278,12 @@ CASES = [
         (4, 2, 2),
     ),
     Case("inverse_of_coupling", lambda: L.Inverse(glow_coupling(L.Affine())), (4, 2, 2)),
-    Case(
-        "flowpp_step",
-        lambda: flowpp_step((3, 2, 4), flowpp_coupling(L.MixtureCDF(2), (3, 2, 4))),
-        (3, 2, 4),
-    ),
+    Case("flowpp_step", lambda: flowpp_step((3, 2, 4), L.MixtureCDF(2)), (3, 2, 4)),
+    Case("multiscale_glow", lambda: multiscale_glow("conv1x1_lu"), (1, 4, 4), noise=0.05),
+    Case("multiscale_glow_swap", lambda: multiscale_glow("none"), (1, 4, 4), noise=0.05),
     Case(
         "reversible_flowpp_step_cond_dropout_train",
-        lambda: L.Reversible(
-            flowpp_step(
-                (2, 2, 4), flowpp_coupling(L.MixtureCDF(2), (2, 2, 4), dropout=0.3, cond=2)
-            ).layers
-        ),
+        lambda: L.Reversible(flowpp_step((2, 2, 4), L.MixtureCDF(2), dropout=0.3, cond=2).layers),
         (2, 2, 4),
         cond_channels=2,
         cond_width=2,
@@ -279,7 +293,7 @@ CASES = [
         "dequantizer_flow_cond",  # the variational dequantizer's flow: steps, then a sigmoid
         lambda: L.Sequential(
             [
-                flowpp_step((2, 2, 4), flowpp_coupling(L.MixtureCDF(2), (2, 2, 4), cond=3)),
+                flowpp_step((2, 2, 4), L.MixtureCDF(2), cond=3),
                 L.Inverse(L.Logit(0.0)),
             ]
         ),

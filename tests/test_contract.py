@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import imageflows.layers as L
+import imageflows.models as models
 
 from .bijection_cases import (
     CALL_SEED,
@@ -119,15 +120,18 @@ def test_bijection_contract(case: Case) -> None:
 
 
 def test_registry_covers_every_public_layer() -> None:
-    """Every `Bijection` (and coupling map) that `imageflows.layers` exports is in some case."""
+    """Every `Bijection` (and coupling map) that `imageflows.layers` or `imageflows.models`
+    exports is built by some case."""
+    exported = [getattr(L, name) for name in L.__all__]
+    exported += [getattr(models, name) for name in models.__all__]
     public = {
         obj
-        for obj in (getattr(L, name) for name in L.__all__)
+        for obj in exported
         if inspect.isclass(obj)
         and issubclass(obj, (L.Bijection, L.ElementwiseMap))
         and obj not in (L.Bijection, L.ElementwiseMap)
     }
-    assert L.Coupling in public and L.Reversible in public  # the walk finds what it should
+    assert {L.Coupling, L.Reversible, models.MultiScaleFlow} <= public  # the walk finds them
     covered = {type(m) for case in CASES for m in case.build().modules()}
     missing = sorted(cls.__name__ for cls in public - covered)
     assert not missing, f"no registry case builds {missing}"
