@@ -17,13 +17,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import torch
-
 from imageflows._io import atomic_write_text
-from imageflows.config import Config, ConfigError, DataConfig
+from imageflows.config import MODEL_TYPES, Config, ConfigError, DataConfig, takes
 from imageflows.data import ImageDataset, load_dataset, prepare
 from imageflows.metrics import evaluate
-from imageflows.models import build_model, preset_config
+from imageflows.models import preset_config
+from imageflows.runs import parameter_count
 from imageflows.train import load, train
 from imageflows.train.checkpoint import CONFIG_FILE, latest_valid_checkpoint, load_state
 
@@ -117,6 +116,9 @@ def variant_config(
 ) -> Config:
     """The full config of variant `name` on `data`: base, then `overrides`, then the variant's.
 
+    A `model.*` override applies to the variants whose model type has that key (`model.depth`
+    to the Glows, `model.blocks` to the Flow++s); one that no model type has is an error.
+
     Raises:
         ValueError: unknown variant, an override of a key the variants differ in, or of
             `data.*` (the data is `data`, `data_dir`).
@@ -138,12 +140,13 @@ def variant_config(
     cfg = dataclasses.replace(
         cfg, data=DataConfig(name=data, dir=None if data_dir is None else str(data_dir))
     )
-    return cfg.with_overrides([*overrides, *variant.overrides])
+    own = [o for o in overrides if _applies(o.partition("=")[0].strip(), cfg.model.type)]
+    return cfg.with_overrides([*own, *variant.overrides])
 
 
 def run_ablation(
     data: str,
-    out_dir: str | Path,
+    out_dir: str | Path | None = None,
     variants: Sequence[str] | None = None,
     data_dir: str | Path | None = None,
     overrides: Sequence[str] = (),
@@ -157,7 +160,8 @@ def run_ablation(
 
     Args:
         data: dataset name (`digits`, `mnist`, `cifar10`, `folder`).
-        out_dir: the ablation's directory (created if missing; reused to resume).
+        out_dir: the ablation's directory (created if missing; reused to resume); default
+            `runs/ablate-DATA`.
         variants: names from `VARIANTS`, in table order.
         data_dir: folder holding the dataset files.
         overrides: `--set` strings applied to every variant, e.g. `["train.steps=500"]`.
@@ -170,9 +174,9 @@ def run_ablation(
     """
     names = _variant_names(variants)
     configs = {name: variant_config(name, data, data_dir, overrides) for name in names}
-    parameters = {name: _count_parameters(cfg) for name, cfg in configs.items()}
+    parameters = {name: parameter_count(cfg.model) for name, cfg in configs.items()}
     test = load_dataset(data, "test", data_dir)
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir or f"runs/ablate-{data}")
     rows: list[dict[str, Any]] = []
     result: dict[str, Any] = {}
     for index, name in enumerate(names, 1):
@@ -215,6 +219,15 @@ def _variant(name: str) -> Variant:
     return VARIANTS[name]
 
 
+def _applies(key: str, model_type: str) -> bool:
+    """Whether override key `key` goes to a model of `model_type`: any key but another model
+    type's own (a key no type has is kept, for the config's error listing the valid ones)."""
+    section, _, name = key.partition(".")
+    if section != "model":
+        return True
+    return takes(name, model_type) or not any(takes(name, other) for other in MODEL_TYPES)
+
+
 def _variant_names(variants: Sequence[str] | None) -> list[str]:
     if variants is None:
         return list(VARIANTS)
@@ -224,12 +237,6 @@ def _variant_names(variants: Sequence[str] | None) -> list[str]:
     for name in names:
         _variant(name)
     return names
-
-
-def _count_parameters(cfg: Config) -> int:
-    # The meta device checks that the model builds and counts its parameters, allocating nothing.
-    with torch.device("meta"):
-        return sum(p.numel() for p in build_model(cfg.model).parameters())
 
 
 def _run_variant(

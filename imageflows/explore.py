@@ -1,5 +1,6 @@
 """A trained run and one data split, loaded once, for the latent-space tools: the backend of
-`imageflows interpolate`, `imageflows manipulate` and the web app of `imageflows serve`.
+`imageflows interpolate`, `imageflows manipulate`, `imageflows encode` and the web app of
+`imageflows serve`.
 
 Attributes come from labels: each class of a labelled dataset (direction = class mean minus the
 mean of the rest), or the columns of a CelebA-style attribute file matched to the images of a
@@ -15,18 +16,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from imageflows._io import atomic_write
-from imageflows.config import Config
-from imageflows.data import folder_files, load_dataset, prepare
+from imageflows.attributes import Direction, cached_directions, read_attribute_file
+from imageflows.data import folder_files
 from imageflows.images import save_grid
-from imageflows.latent import (
-    Direction,
-    cached_directions,
-    edit,
-    interpolate,
-    read_attribute_file,
-)
-from imageflows.train.checkpoint import CONFIG_FILE, load, run_step
+from imageflows.latent import edit, interpolate
+from imageflows.runs import run_config, run_dataset
+from imageflows.train.checkpoint import load, run_step
 
 
 class Explorer:
@@ -59,11 +54,8 @@ class Explorer:
         self.ema = ema
         self.batch_size = batch_size
         self.step: int | None = run_step(self.run)
-        self.data = data or config.data.name
-        if data_dir is None and self.data == config.data.name:
-            data_dir = config.data.dir  # the run's folder belongs to the run's dataset only
         self.split = split
-        dataset = prepare(load_dataset(self.data, split, data_dir), self.model.num_levels)
+        self.data, dataset = run_dataset(config, split, self.model.num_levels, data, data_dir)
         if dataset.image_shape != tuple(self.model.image_shape):
             raise ValueError(
                 f"{dataset.description} ({split}) has images of shape {dataset.image_shape}, "
@@ -187,15 +179,6 @@ class Explorer:
         return edit(self.model, image, combined, [1.0])[0, 0]
 
 
-def run_config(run: Path) -> Config:
-    """The config of run directory `run`, with a clear error when it is not a run."""
-    if not run.is_dir():
-        raise FileNotFoundError(f"{run}: no such run directory")
-    if not (run / CONFIG_FILE).is_file():
-        raise FileNotFoundError(f"{run}: not a run directory (no {CONFIG_FILE})")
-    return Config.load(run / CONFIG_FILE)
-
-
 def write_interpolation(
     run: str | Path,
     pairs: Sequence[tuple[int, int]],
@@ -268,65 +251,3 @@ def write_manipulation(
         "n_positive": direction.n_positive,
         "n_negative": direction.n_negative,
     }
-
-
-LATENTS_FORMAT = "imageflows-latents-1"
-
-
-def write_latents(
-    run: str | Path,
-    out: str | Path,
-    count: int = 64,
-    start: int = 0,
-    data: str | None = None,
-    data_dir: str | Path | None = None,
-    split: str = "test",
-    ema: bool = True,
-) -> dict[str, Any]:
-    """Encode images `start .. start+count-1` of a split into a latents file (`torch.save`).
-
-    The file holds `eps` (float64, exact: `imageflows decode` gives the images back bit for
-    bit), the images' `labels` and `indices`, and where they came from.
-    """
-    explorer = Explorer(run, data, data_dir, split, ema=ema)
-    if count < 1 or not 0 <= start < len(explorer):
-        raise ValueError(
-            f"--n must be ≥ 1 and --start in 0..{len(explorer) - 1}, got {count} and {start}"
-        )
-    indices = torch.arange(start, min(start + count, len(explorer)))
-    eps = explorer.model.encode(explorer.images[indices]).cpu()
-    info = explorer.provenance()
-    payload = {
-        "format": LATENTS_FORMAT,
-        "eps": eps,
-        "labels": explorer.labels[indices],
-        "indices": indices,
-        **info,
-    }
-    atomic_write(out, lambda f: torch.save(payload, f))
-    return {"out": str(out), "n": len(indices), "shape": list(eps.shape), **info}
-
-
-def read_latents(path: str | Path) -> Tensor:
-    """The `eps` tensor of a latents file written by `write_latents`."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such latents file")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for truncated or foreign files
-        raise ValueError(f"{path}: not a readable latents file ({type(err).__name__})") from None
-    if not isinstance(payload, dict) or payload.get("format") != LATENTS_FORMAT:
-        raise ValueError(f"{path}: not an imageflows latents file (write one with encode)")
-    return payload["eps"]
-
-
-def write_decoded(
-    run: str | Path, latents: str | Path, out: str | Path, ema: bool = True
-) -> dict[str, Any]:
-    """Decode a latents file with a run's model into a PNG grid."""
-    model = load(run, ema=ema)
-    eps = read_latents(latents)
-    images = model.decode(eps)
-    save_grid(images, out, model.num_levels, nrow=min(len(images), 8))
-    return {"out": str(out), "n": len(images), "run": str(run), "latents": str(latents)}

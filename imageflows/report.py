@@ -17,14 +17,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from imageflows._io import atomic_write_text
 from imageflows.bench import describe_model
 from imageflows.config import Config
-from imageflows.explore import run_config
 from imageflows.images import plot_curves
-from imageflows.models import build_model
+from imageflows.runs import parameter_count, run_config
 from imageflows.train.checkpoint import run_step
 
 METRICS_FILE = "metrics.jsonl"
@@ -72,12 +69,10 @@ def build_report(run: str | Path) -> tuple[str, dict[str, Any]]:
     config = run_config(run)
     records = read_metrics(run / METRICS_FILE)
     tests = [r for r in records if r.get("test_bpd") is not None]
-    with torch.device("meta"):  # shapes only: counting parameters allocates nothing
-        parameters = sum(p.numel() for p in build_model(config.model).parameters())
     summary = {
         "run": str(run),
         "step": run_step(run),
-        "parameters": parameters,
+        "parameters": parameter_count(config.model),
         "test_bpd": tests[-1]["test_bpd"] if tests else None,
         "best_test_bpd": min(r["test_bpd"] for r in tests) if tests else None,
         "evaluations": len(tests),

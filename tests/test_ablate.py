@@ -125,6 +125,16 @@ def test_variant_configs() -> None:
     assert len(ablate.VARIANTS) == 10
 
 
+def test_model_overrides_go_to_the_models_that_have_the_key() -> None:
+    sizes = ["model.depth=3", "model.blocks=2", "model.hidden_channels=8"]
+    glow = ablate.variant_config("glow-1x1-affine", "digits", overrides=sizes)
+    flowpp = ablate.variant_config("flowpp", "digits", overrides=sizes)
+    assert glow.model.depth == 3 and glow.model.hidden_channels == 8
+    assert flowpp.model.blocks == 2 and flowpp.model.hidden_channels == 8
+    with pytest.raises(ConfigError, match="unknown config key model.nope"):
+        ablate.variant_config("flowpp", "digits", overrides=["model.nope=1"])
+
+
 def test_bad_variants_and_overrides_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown ablation variant 'glow'; choose from flowpp, "):
         ablate.run_ablation("digits", tmp_path, ["glow"])

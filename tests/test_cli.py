@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 import imageflows
-from imageflows import cli
+from imageflows import cli, runs
 from imageflows.config import Config
 from imageflows.models import build_model, preset_config
 
@@ -72,14 +72,15 @@ def test_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
 @pytest.fixture
 def train_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Config, Path, bool]]:
-    """Replaces the CLI's `train` by a recorder of its arguments."""
+    """Replaces the `train` behind `imageflows train` by a recorder of its arguments."""
     calls = []
 
     def fake_train(cfg: Config, workdir: Path, resume: bool, progress: bool) -> dict:
         calls.append((cfg, workdir, resume))
-        return {"steps": 1, "test_bpd": 1.5, "wall_seconds": 0.1, "samples": "x.png"}
+        summary = {"steps": 1, "test_bpd": 1.5, "wall_seconds": 0.1, "samples": "x.png"}
+        return {**summary, "run_dir": str(workdir)}
 
-    monkeypatch.setattr(cli, "train", fake_train)
+    monkeypatch.setattr(runs, "train", fake_train)
     return calls
 
 
@@ -122,7 +123,7 @@ def test_multi_line_errors_print_one_line(
     def broken_train(*args: object, **kwargs: object) -> dict:
         raise RuntimeError("weights do not fit:\n  missing a\n  missing b")
 
-    monkeypatch.setattr(cli, "train", broken_train)
+    monkeypatch.setattr(runs, "train", broken_train)
     assert cli.main(["train", "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert (
@@ -214,7 +215,7 @@ def test_encode_then_decode_gives_the_images_back(
     import torch
 
     from imageflows.data import load_dataset
-    from imageflows.explore import read_latents
+    from imageflows.latents_file import read_latents
     from imageflows.train import load
 
     latents, png = tmp_path / "z.pt", tmp_path / "x.png"
@@ -230,7 +231,7 @@ def test_encode_then_decode_gives_the_images_back(
     assert eps.dtype == torch.float64 and eps.shape == (8, 1, 8, 8)
     assert cli.main(["decode", str(run_dir), str(latents), "--out", str(png)]) == 0
     images = load_dataset("digits", "test").images[2:10]
-    assert torch.equal(load(run_dir).decode(eps), images)  # the file's latents are exact codes
+    assert torch.equal(load(run_dir).double().decode(eps), images)  # exact codes
     assert Image.open(png).size[0] >= 8 * 8
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a latents file")

@@ -1,5 +1,6 @@
-"""Latent-space operations (`imageflows.latent`), the run explorer, and the interpolate and
-manipulate commands, on a tiny trained Glow."""
+"""Latent-space operations (`imageflows.latent`), attribute directions on disk
+(`imageflows.attributes`), the run explorer, and the interpolate and manipulate commands, on a
+tiny trained Glow."""
 
 from __future__ import annotations
 
@@ -12,18 +13,16 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from imageflows import cli, latent
+from imageflows import attributes, cli
+from imageflows.attributes import cached_directions, direction_path, read_attribute_file
 from imageflows.config import Config, DataConfig, ModelConfig
 from imageflows.data import folder_files, load_dataset
 from imageflows.explore import Explorer
 from imageflows.latent import (
     attribute_directions,
-    cached_directions,
-    direction_path,
     edit,
     interpolate,
     interpolation_path,
-    read_attribute_file,
     reconstruct,
 )
 from imageflows.models import build_model
@@ -173,7 +172,7 @@ def test_directions_are_cached_in_the_run(tmp_path: Path, monkeypatch: pytest.Mo
     def forbidden(*args: object, **kwargs: object) -> None:
         raise AssertionError("a cached direction was recomputed")
 
-    monkeypatch.setattr(latent, "attribute_directions", forbidden)
+    monkeypatch.setattr(attributes, "attribute_directions", forbidden)
     second = Explorer(run).directions(["7", "3"])
     assert second["3"].cached and second["7"].cached
     assert torch.equal(second["3"].vector, first["3"].vector)

@@ -1,0 +1,193 @@
+"""Run directories (DESIGN §4): where a new run goes, the config and data of an existing one,
+and the library side of `imageflows train`, `eval`, `sample` and `presets`.
+
+A run directory describes itself, so every function here rebuilds what it needs from the
+directory alone. Results are JSON-ready dicts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from imageflows.config import Config, ModelConfig
+from imageflows.data import ImageDataset, load_dataset, prepare
+from imageflows.images import save_grid
+from imageflows.latent import temperature_rows
+from imageflows.metrics import evaluate
+from imageflows.models import PRESETS, build_model, preset_config
+from imageflows.train import load, train
+from imageflows.train.checkpoint import CONFIG_FILE, run_step
+
+RUNS_ROOT = Path("runs")
+
+
+def run_config(run: str | Path) -> Config:
+    """The config of run directory `run`, with a clear error when it is not a run."""
+    run = Path(run)
+    if not run.is_dir():
+        raise FileNotFoundError(f"{run}: no such run directory")
+    if not (run / CONFIG_FILE).is_file():
+        raise FileNotFoundError(f"{run}: not a run directory (no {CONFIG_FILE})")
+    return Config.load(run / CONFIG_FILE)
+
+
+def run_dataset(
+    cfg: Config,
+    split: str,
+    num_levels: int,
+    data: str | None = None,
+    data_dir: str | Path | None = None,
+) -> tuple[str, ImageDataset]:
+    """`(name, dataset)`: split `split` of dataset `data` (default the run's own) at the
+    model's `num_levels`.
+
+    Without `data_dir`, the run's data folder is used for the run's own dataset only: another
+    dataset needs its own folder.
+    """
+    name = data or cfg.data.name
+    if data_dir is None and name == cfg.data.name:
+        data_dir = cfg.data.dir
+    return name, prepare(load_dataset(name, split, data_dir), num_levels)
+
+
+def new_run_dir(out: str | Path) -> Path:
+    """`out` if it is missing or an empty directory, else `FileExistsError`."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()):
+        raise FileExistsError(
+            f"--out {out} already holds files; continue that run with --resume {out}, "
+            "or choose a new --out"
+        )
+    return out
+
+
+def free_run_dir(root: Path, name: str) -> Path:
+    """`root/name`, or `root/name-2`, `root/name-3`, ...: the first that is missing or empty."""
+    for index in range(1, 10_000):
+        candidate = root / (name if index == 1 else f"{name}-{index}")
+        if not candidate.exists() or (candidate.is_dir() and not any(candidate.iterdir())):
+            return candidate
+    raise FileExistsError(f"no free run directory {root / name}-N; pass --out")
+
+
+def start_run(
+    preset: str,
+    overrides: Sequence[str] = (),
+    out: str | Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train preset `preset` with `overrides` (`section.key=value`) into a new run directory.
+
+    Args:
+        preset: a name of `PRESETS`.
+        overrides: applied in order, e.g. `["data.name=mnist", "train.lr=1e-3"]`.
+        out: the run directory (missing or empty); default `runs/PRESET`, or `runs/PRESET-2`,
+            ... if that is taken.
+        progress: a progress bar on stderr.
+
+    Returns:
+        The summary of `imageflows.train.train`.
+    """
+    cfg = preset_config(preset).with_overrides(list(overrides))
+    workdir = new_run_dir(out) if out is not None else free_run_dir(RUNS_ROOT, preset)
+    return train(cfg, workdir, resume=False, progress=progress)
+
+
+def resume_run(run: str | Path, overrides: Sequence[str] = (), progress: bool = True) -> dict:
+    """Continue run `run` from its newest checkpoint, its config changed by `overrides`
+    (e.g. `["train.steps=8000"]`); returns the summary of `imageflows.train.train`."""
+    cfg = run_config(run).with_overrides(list(overrides))
+    return train(cfg, Path(run), resume=True, progress=progress)
+
+
+def evaluate_run(
+    run: str | Path,
+    data: str | None = None,
+    data_dir: str | Path | None = None,
+    split: str = "test",
+    iw_samples: int = 1,
+    seed: int = 0,
+    batch_size: int = 500,
+    ema: bool = True,
+) -> dict[str, Any]:
+    """Bits/dim of a run's model on a data split (see `imageflows.metrics.evaluate`).
+
+    Returns:
+        `bpd`, `n`, `iw_samples`, `recon_max_abs`, `data` (e.g. "CIFAR-10 (JPEG q75)"),
+        `split`, `weights` ("ema" or "raw"), `run` and `step`.
+    """
+    if iw_samples < 1:
+        raise ValueError(f"--iw-samples must be at least 1, got {iw_samples}")
+    run = Path(run)
+    cfg = run_config(run)
+    model = load(run, ema=ema)
+    _, dataset = run_dataset(cfg, split, model.num_levels, data, data_dir)
+    scores = evaluate(model, dataset.images, batch_size, seed, iw_samples)
+    return {
+        "bpd": float(scores["bpd"]),
+        "n": int(scores["n"]),
+        "iw_samples": iw_samples,
+        "recon_max_abs": int(scores["recon_max_abs"]),
+        "data": dataset.description,
+        "split": split,
+        "weights": "ema" if ema else "raw",
+        "run": str(run),
+        "step": run_step(run),
+    }
+
+
+def write_samples(
+    run: str | Path,
+    out: str | Path,
+    n: int = 64,
+    temperatures: Sequence[float] | None = None,
+    temperature: float = 1.0,
+    seed: int = 0,
+    nrow: int | None = None,
+    ema: bool = True,
+) -> dict[str, Any]:
+    """Samples of a run's model into PNG `out` (Glow section 5, Figure 8).
+
+    With `temperatures`: one row of `n` samples per temperature, labelled "T=0.7", every row
+    decoded from the same noise. Without: `n` samples at `temperature`, `nrow` a row (default
+    about √n).
+
+    Returns:
+        `out`, `n`, `temperatures`, `seed` and `run`.
+    """
+    if n < 1:
+        raise ValueError(f"--n must be at least 1, got {n}")
+    if temperatures is not None and not temperatures:
+        raise ValueError("--temperatures needs at least one number")
+    run = Path(run)
+    run_config(run)
+    model = load(run, ema=ema)
+    rows = list(temperatures) if temperatures is not None else [temperature]
+    grid = temperature_rows(model, rows, n, seed)
+    if temperatures is not None:
+        nrow, labels = n, [f"T={t:g}" for t in rows]
+    else:
+        nrow, labels = nrow or math.ceil(math.sqrt(n)), None
+    save_grid(grid, out, model.num_levels, nrow=nrow, row_labels=labels)
+    return {"out": str(out), "n": n, "temperatures": rows, "seed": seed, "run": str(run)}
+
+
+def parameter_count(model: ModelConfig) -> int:
+    """The number of parameters of the model `model` describes, allocating nothing."""
+    with torch.device("meta"):  # shapes only
+        return sum(p.numel() for p in build_model(model).parameters())
+
+
+def preset_rows() -> list[dict[str, Any]]:
+    """Each named preset a run can start from: `name`, `parameters` and its config sections."""
+    return [
+        {"name": name, "parameters": parameter_count(cfg.model), **cfg.to_dict()}
+        for name, cfg in PRESETS.items()
+    ]
