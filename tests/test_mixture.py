@@ -238,3 +238,26 @@ def test_mixture_needs_a_component() -> None:
     with pytest.raises(ValueError, match="at least 1 component"):
         L.MixtureCDF(0)
     assert L.MixtureCDF(32).num_params == 98
+
+
+def test_inverse_keeps_a_preimage_where_the_map_is_flat_to_rounding() -> None:
+    """Where C'(x) underflows against the dtype (here g' = C'/(C(1 − C)) ≈ 1e-118 on [−5, 2.5],
+    so forward is one constant there), any point of the flat stretch is an exact preimage. The
+    solver finds one; the differentiable Newton step must not move it by residual/g' (a
+    one-ulp residual sent x to 1e102). Parameters from an initialised, randomised Glow
+    conditioner."""
+    layer = L.MixtureCDF(3)
+    row = torch.tensor(
+        [-51.43020718701242, -0.7911756274063124]  # a (tanh → −1), b
+        + [2.11182084102355, -2.4149249521695992, 10.497236496686844]  # logits
+        + [3.7762799066775337, 2.568339904406006, -15.469441546774545]  # means
+        + [-3.3669524299099205, -24.850689311994657, -6.281883065961803],  # log-scales
+        dtype=torch.float64,
+    )
+    x = torch.linspace(-5, 2.5, 31, dtype=torch.float64)
+    params = row.expand(len(x), len(row)).contiguous()
+    y, logdet = layer(x, params)
+    assert (logdet < -30).all()  # flat: log|dy/dx| below −30 everywhere
+    x_back, logdet_back = layer.inverse(y, params)
+    assert torch.isfinite(x_back).all() and torch.isfinite(logdet_back).all()
+    torch.testing.assert_close(layer(x_back, params)[0], y, rtol=1e-12, atol=1e-12)
