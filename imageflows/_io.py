@@ -30,10 +30,12 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write `data` to `path` atomically (see `atomic_write`)."""
     return atomic_write(path, lambda f: f.write(data))
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write `text` to `path` as UTF-8, atomically (see `atomic_write`)."""
     return atomic_write_bytes(path, text.encode())
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -26,3 +28,13 @@ def test_write_replaces_and_creates_parents(tmp_path: Path) -> None:
     atomic_write_text(target, "one")
     atomic_write_text(target, "two")
     assert target.read_text() == "two" and [p.name for p in target.parent.iterdir()] == ["b.txt"]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="file modes and the umask are POSIX")
+def test_written_files_keep_the_users_umask(tmp_path: Path) -> None:
+    old = os.umask(0o027)
+    try:
+        path = atomic_write_text(tmp_path / "x.txt", "x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640  # not tempfile's private 0o600
