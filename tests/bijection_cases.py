@@ -65,7 +65,7 @@ class Case:
 CALL_SEED = 1234  # the dropout seed set before every call of a layer
 
 
-def call(case: Case, fn: Callable, v: Tensor, cond: Tensor | None) -> tuple[Tensor, Tensor]:
+def call(fn: Callable, v: Tensor, cond: Tensor | None) -> tuple[Tensor, Tensor]:
     """fn(v, cond) with the global RNG at `CALL_SEED` (the same dropout masks every call)."""
     torch.manual_seed(CALL_SEED)
     return fn(v, cond)

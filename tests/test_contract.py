@@ -31,23 +31,23 @@ def check_shapes_and_round_trips(case: Case, layer: L.Bijection) -> None:
     """Finite `[B]` log-dets; inverse ∘ forward and forward ∘ inverse are the identity; the
     inverse's log-det is minus the forward's at the same point."""
     x, cond = make_inputs(case), make_cond(case, 3)
-    z, ld = call(case, layer, x, cond)
+    z, ld = call(layer, x, cond)
     assert z.dtype == x.dtype and ld.shape == (x.shape[0],) and torch.isfinite(ld).all()
     assert z.numel() == x.numel() and z.shape[0] == x.shape[0]
-    x_back, ld_inv = call(case, layer.inverse, z, cond)
+    x_back, ld_inv = call(layer.inverse, z, cond)
     tol = dict(atol=case.tol, rtol=case.tol)
     torch.testing.assert_close(x_back, x, **tol)
     torch.testing.assert_close(ld_inv, -ld, **tol)
     z2 = case.z(tuple(z.shape), torch.Generator().manual_seed(2))
-    x2, ld2_inv = call(case, layer.inverse, z2, cond)
+    x2, ld2_inv = call(layer.inverse, z2, cond)
     assert x2.shape == x.shape and torch.isfinite(ld2_inv).all()
-    z2_back, ld2 = call(case, layer, x2, cond)
+    z2_back, ld2 = call(layer, x2, cond)
     torch.testing.assert_close(z2_back, z2, **tol)
     torch.testing.assert_close(ld2, -ld2_inv, **tol)
     if case.train:  # the same seed, the same masks; another seed, other masks (dropout is on)
         for fn, v in ((layer, x), (layer.inverse, z)):
-            out, ld_v = call(case, fn, v, cond)
-            again = call(case, fn, v, cond)
+            out, ld_v = call(fn, v, cond)
+            again = call(fn, v, cond)
             assert torch.equal(again[0], out) and torch.equal(again[1], ld_v)
             torch.manual_seed(CALL_SEED + 1)
             assert not torch.equal(fn(v, cond)[0], out)
@@ -57,14 +57,14 @@ def check_logdet_against_brute_force(case: Case, layer: L.Bijection) -> None:
     """Both directions' log-dets are log|det J| of the autograd Jacobian (one example at a time,
     so that a training-mode layer draws the same dropout masks for both)."""
     x, cond = make_inputs(case, batch=2), make_cond(case, 2)
-    z = call(case, layer, x, cond)[0]
+    z = call(layer, x, cond)[0]
     for fn, v in ((layer, x), (layer.inverse, z)):
         for i in range(len(v)):
             v_i, cond_i = v[i : i + 1], _rows(cond, i)
-            ld = call(case, fn, v_i, cond_i)[1]
+            ld = call(fn, v_i, cond_i)[1]
 
             def out(u: torch.Tensor, fn=fn, cond_i=cond_i) -> torch.Tensor:
-                return call(case, fn, u, cond_i)[0]
+                return call(fn, u, cond_i)[0]
 
             torch.testing.assert_close(ld, brute_force_logdet(out, v_i))
 
@@ -88,12 +88,12 @@ def check_gradients_and_state_dict(case: Case, layer: L.Bijection) -> None:
     """Gradients reach the input, `cond` and every parameter, in both directions; a freshly
     built layer that loads the state_dict gives identical outputs."""
     x, cond = make_inputs(case), make_cond(case, 3)
-    z = call(case, layer, x, cond)[0].detach()
+    z = call(layer, x, cond)[0].detach()
     for fn, v in ((layer, x), (layer.inverse, z)):
         v = v.clone().requires_grad_(True)
         c = None if cond is None else cond.clone().requires_grad_(True)
         layer.zero_grad(set_to_none=True)
-        out, ld = call(case, fn, v, c)
+        out, ld = call(fn, v, c)
         weights = normal(tuple(out.shape), torch.Generator().manual_seed(3))
         ((out * weights).sum() + ld.sum()).backward()
         assert v.grad is not None and v.grad.abs().sum() > 0
@@ -105,8 +105,8 @@ def check_gradients_and_state_dict(case: Case, layer: L.Bijection) -> None:
     other.load_state_dict(layer.state_dict())
     with torch.no_grad():
         for fn, fn_other, v in ((layer, other, x), (layer.inverse, other.inverse, z)):
-            out, ld = call(case, fn, v, cond)
-            out_other, ld_other = call(case, fn_other, v, cond)
+            out, ld = call(fn, v, cond)
+            out_other, ld_other = call(fn_other, v, cond)
             assert torch.equal(out_other, out) and torch.equal(ld_other, ld)
 
 
