@@ -175,7 +175,7 @@ def write_samples(
         nrow, labels = n, [f"T={t:g}" for t in rows]
     else:
         nrow, labels = nrow or math.ceil(math.sqrt(n)), None
-    save_grid(grid, out, model.num_levels, nrow=nrow, row_labels=labels)
+    out = save_grid(grid, out, model.num_levels, nrow=nrow, row_labels=labels)
     return {"out": str(out), "n": n, "temperatures": rows, "seed": seed, "run": str(run)}
 
 
