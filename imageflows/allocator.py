@@ -28,10 +28,11 @@ def keep_freed_memory() -> bool:
     """Set glibc's mmap threshold to 16 MiB and its trim threshold to 256 MiB, process-wide.
 
     Freed tensors below 16 MiB then stay in the heap for reuse, and up to 256 MiB of free heap
-    is kept rather than returned to the kernel. Called by the CLI, `train` and `run_bench`.
-    Does nothing (and returns False) off glibc, or when the environment tunes glibc's malloc
-    itself (any `MALLOC_*` variable, or `malloc` in `GLIBC_TUNABLES`); returns True when both
-    settings were applied.
+    is kept rather than returned to the kernel. A process-wide setting is the program's choice,
+    so only the CLI's entry point calls this, never a library function. Does nothing (and
+    returns False) off glibc, or when the environment tunes glibc's malloc itself (any
+    `MALLOC_*` variable, or `malloc` in `GLIBC_TUNABLES`); returns True when both settings
+    were applied.
     """
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False

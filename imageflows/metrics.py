@@ -25,19 +25,33 @@ def importance_weighted_log_prob(
     return torch.logsumexp(draws.double(), dim=0) - math.log(samples)
 
 
+def batch_seed(seed: int, index: int) -> int:
+    """The seed of evaluation batch `index`'s dequantization noise: `seed · 1000003 + index`."""
+    return seed * 1_000_003 + index
+
+
 @torch.no_grad()
 def evaluate(
-    model, images: Tensor, batch_size: int = 500, seed: int = 0, iw_samples: int = 1
+    model,
+    images: Tensor,
+    batch_size: int = 500,
+    seed: int = 0,
+    iw_samples: int = 1,
+    shard: tuple[int, int] = (0, 1),
 ) -> dict:
     """Bits/dim and reconstruction error of `model` on uint8 `images` `[N, C, H, W]`.
 
     `bpd` is the mean over images of the bound of DESIGN §1, importance-weighted over
-    `iw_samples` draws of u (dequantization noise from a generator seeded `seed`, so numbers
-    are comparable between calls); `recon_max_abs` is `max |x − decode(encode(x))|` in levels.
-    Runs in eval mode and float32, autocast off.
+    `iw_samples` draws of u. The images go in batches of `batch_size`, in order, and batch `i`
+    draws its noise from a generator seeded `batch_seed(seed, i)`: the one rule of training's
+    periodic evaluation and of `imageflows eval`, so the same weights, images, seed and batch
+    size give the same number, however the batches are shared out. `shard=(rank, world_size)`
+    evaluates only the batches `i ≡ rank (mod world_size)`. `recon_max_abs` is
+    `max |x − decode(encode(x))|` in levels. Runs in eval mode and float32, autocast off.
 
     Returns:
-        `{"bpd": float, "n": int, "iw_samples": int, "recon_max_abs": int}`.
+        `{"bpd": float, "n": int, "iw_samples": int, "recon_max_abs": int}` over the shard's
+        images (`bpd` is NaN for a shard without images).
     """
     if not isinstance(images, Tensor) or images.dtype != torch.uint8 or images.dim() != 4:
         raise TypeError(
@@ -51,24 +65,27 @@ def evaluate(
         raise ValueError(
             f"evaluate: batch_size and iw_samples must be ≥ 1, got {batch_size}, {iw_samples}"
         )
+    rank, world_size = shard
     device = next(model.parameters()).device
-    generator = torch.Generator(device).manual_seed(seed)
     was_training = model.training
     model.eval()
-    total_bits, recon = 0.0, 0
+    total_bits, count, recon = 0.0, 0, 0
     try:
         with torch.autocast(device.type, enabled=False):
-            for x in images.split(batch_size):
-                x = x.to(device)
+            batches = images.split(batch_size)
+            for i in range(rank, len(batches), world_size):
+                x = batches[i].to(device)
+                generator = torch.Generator(device).manual_seed(batch_seed(seed, i))
                 log_prob = importance_weighted_log_prob(model, x, iw_samples, generator)
                 total_bits += bits_per_dim(log_prob, model.num_dims).sum().item()
+                count += len(x)
                 error = (model.decode(model.encode(x)).int() - x.int()).abs().max().item()
                 recon = max(recon, int(error))
     finally:
         model.train(was_training)
     return {
-        "bpd": total_bits / len(images),
-        "n": len(images),
+        "bpd": total_bits / count if count else math.nan,
+        "n": count,
         "iw_samples": iw_samples,
         "recon_max_abs": recon,
     }

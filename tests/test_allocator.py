@@ -5,11 +5,15 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+from pathlib import Path
 
 import pytest
 import torch
 
 from imageflows.allocator import keep_freed_memory
+from imageflows.bench import run_bench
+from imageflows.models import preset_config
+from imageflows.train import train
 
 ON_GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
@@ -63,3 +67,21 @@ def test_the_users_own_malloc_settings_win(
 ) -> None:
     monkeypatch.setenv(key, value)
     assert keep_freed_memory() is False
+
+
+@pytest.mark.skipif(not ON_GLIBC, reason="malloc tuning applies to glibc only")
+def test_library_functions_leave_malloc_alone(
+    no_malloc_env: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Only the CLI's entry point tunes malloc: `train` and `run_bench` load no C library."""
+
+    def no_library(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"a library function loaded a C library: ctypes.CDLL{args}")
+
+    tiny = preset_config("glow-digits").with_overrides(
+        ["model.depth=1", "model.hidden_channels=8", "train.steps=1", "train.batch_size=8",
+         "train.init_batch_size=16", "train.eval_images=16", "train.sample_temperatures="]
+    )  # fmt: skip
+    monkeypatch.setattr(ctypes, "CDLL", no_library)
+    run_bench(tiny, batch_size=2, repeats=1, warmup=0, sample_n=1, threads=1)
+    train(tiny, tmp_path / "run", progress=False)

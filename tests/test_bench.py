@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
 import torch
 from torch import Tensor, nn
 
 from imageflows import bench, cli
+from imageflows.layers import Mixture, mixture_log_terms, mixture_params, solve_mixture_logit
 from imageflows.models import build_model, preset_config
 
 TINY = ["--preset", "glow-digits", "--set", "model.depth=1", "--set", "model.hidden_channels=8"]
@@ -25,7 +27,7 @@ class _Toy(nn.Module):
         self.w1 = nn.Parameter(torch.randn(self.num_dims, 10))
         self.w2 = nn.Parameter(torch.randn(10, 3))
 
-    def log_prob(self, x: Tensor) -> Tensor:
+    def log_prob(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         z = x.float().flatten(1) @ self.w1 @ self.w2
         return (z * z).sum(-1)
 
@@ -147,3 +149,49 @@ def test_compiled_training_step_matches_eager(aot_eager_compile: list) -> None:
         assert bool(graphs) == compiled
     for key, value in states[0].items():
         torch.testing.assert_close(states[1][key], value, rtol=1e-4, atol=1e-6)
+
+
+def test_bench_times_the_training_step_that_train_runs() -> None:
+    from imageflows.bench import training
+    from imageflows.train import loop, step
+
+    assert training.train_step is loop.train_step is step.train_step
+
+
+@pytest.mark.parametrize("method", ["newton", "bisection"])
+def test_mixture_inverse_stats_reports_the_round_trip(method: str) -> None:
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(200, generator=g, dtype=torch.float64)
+    params = torch.randn(200, 3 * 4 + 2, generator=g, dtype=torch.float64)
+    stats = bench.mixture_inverse_stats(x, params, 4, method=method)
+    assert set(stats) == {
+        "method",
+        "iterations",
+        "seconds",
+        "max_abs_error",
+        "max_rel_error",
+        "max_logit_error",
+    }
+    assert stats["method"] == method and stats["seconds"] >= 0
+    if method == "newton":
+        assert 1 <= stats["iterations"] < 100
+        assert stats["max_rel_error"] < 1e-10 and stats["max_logit_error"] < 1e-12
+    else:
+        assert stats["iterations"] == 100
+    with pytest.raises(ValueError, match="unknown inverse method"):
+        bench.mixture_inverse_stats(x, params, 4, method="secant")
+
+
+def test_bisection_reference_agrees_in_the_bulk_and_clips_the_tails() -> None:
+    x, params, tails = bench.mixture_inverse_problem(2000, 4, tail_fraction=0.2, seed=2)
+    x, params = x.double(), params.double()
+    _, _, m = mixture_params(params, 4)
+    log_cdf, log_sf, _ = mixture_log_terms(x, m)
+    v = log_cdf - log_sf
+    newton, _ = solve_mixture_logit(v, m)
+    bisection = bench.bisect_mixture_cdf(v, m)
+    torch.testing.assert_close(bisection[~tails], newton[~tails], rtol=1e-8, atol=1e-8)
+    # in the tails the reference stops at the clipped CDF, |logit| = ln(1e5 − 1)
+    log_cdf, log_sf, _ = mixture_log_terms(bisection[tails], Mixture(*(t[tails] for t in m)))
+    clipped = (log_cdf - log_sf).abs()
+    torch.testing.assert_close(clipped, torch.full_like(clipped, bench.mixture.CLIP_LOGIT))

@@ -15,6 +15,8 @@ from imageflows.config import ModelConfig
 from imageflows.models import build_model
 from imageflows.train.checkpoint import (
     MODEL_FILE,
+    STATE_FILE,
+    STATE_KEYS,
     CheckpointWarning,
     latest_valid_checkpoint,
     list_checkpoints,
@@ -32,8 +34,15 @@ def tensors(value: float) -> dict[str, torch.Tensor]:
     return {"weight": torch.full((3, 2), value), "count": torch.tensor(7)}
 
 
+def state(step: int) -> dict:
+    """A training state as `train` writes it (`STATE_KEYS`)."""
+    order = {"seed": 0, "batch_size": 4, "num_images": 10}
+    return {"step": step, "elapsed": 1.5, "optimizer": {}, "lr_scale": 1.0, "reloads": 0,
+            "world_size": 1, "data_order": order}  # fmt: skip
+
+
 def save(run: Path, step: int, keep: int = 5, value: float = 1.0) -> Path:
-    return save_checkpoint(run, step, tensors(value), tensors(value + 1), {"step": step}, keep)
+    return save_checkpoint(run, step, tensors(value), tensors(value + 1), state(step), keep)
 
 
 def test_checkpoint_round_trip(tmp_path: Path) -> None:
@@ -46,7 +55,7 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
     assert torch.equal(
         load_safetensors(tmp_path / "model.safetensors")["weight"], torch.full((3, 2), 3.0)
     )
-    assert load_state(path) == {"step": 3}
+    assert load_state(path) == state(3)
     assert sorted(p.name for p in path.iterdir()) == [
         "ema.safetensors",
         "manifest.json",
@@ -168,3 +177,12 @@ def test_weights_record_their_step(tmp_path: Path) -> None:
     shutil.rmtree(tmp_path / "checkpoints")
     assert run_step(tmp_path) == 7  # a committed run without its checkpoints still knows
     assert weights_step(tmp_path / "missing.safetensors") is None
+
+
+def test_a_state_without_a_training_key_is_refused_by_name(tmp_path: Path) -> None:
+    assert set(state(1)) == set(STATE_KEYS)
+    partial = {k: v for k, v in state(1).items() if k != "data_order"}
+    path = save_checkpoint(tmp_path, 1, tensors(1.0), tensors(2.0), partial, keep=1)
+    message = rf"{STATE_FILE}: not a training state, it lacks data_order"
+    with pytest.raises(ValueError, match=message):
+        load_state(path)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import imageflows as imf
-from imageflows.metrics import bits_per_dim, evaluate, importance_weighted_log_prob
+from imageflows.metrics import batch_seed, bits_per_dim, evaluate, importance_weighted_log_prob
 
 
 class TwoDraws(torch.nn.Module):
@@ -44,11 +44,36 @@ def test_evaluate_one_draw_equals_log_prob_and_more_draws_tighten() -> None:
     images = torch.randint(0, 17, (12, 1, 8, 8), dtype=torch.uint8)
     model.initialize(images)
     one = evaluate(model, images, batch_size=5, seed=3)
-    g = torch.Generator().manual_seed(3)
-    by_hand = torch.cat([model.log_prob(x, generator=g) for x in images.split(5)])
+    by_hand = torch.cat(
+        [
+            model.log_prob(x, generator=torch.Generator().manual_seed(batch_seed(3, i)))
+            for i, x in enumerate(images.split(5))
+        ]
+    )
     assert one["bpd"] == pytest.approx(bits_per_dim(by_hand, 64).mean().item(), rel=1e-6)
     assert one["recon_max_abs"] == 0 and one["n"] == 12 and one["iw_samples"] == 1
     many = evaluate(model, images, batch_size=5, seed=3, iw_samples=8)
     assert many["bpd"] < one["bpd"]
     with pytest.raises(TypeError, match="uint8"):
         evaluate(model, images.float())
+
+
+def test_each_batch_has_its_own_noise_so_shards_add_up() -> None:
+    """Batch i's noise is seeded `batch_seed(seed, i)`: the shards of any world size cover
+    every image once and give the whole evaluation's bits/dim."""
+    torch.manual_seed(0)
+    model = imf.Glow((1, 8, 8), levels=2, depth=1, hidden_channels=8, num_levels=17)
+    images = torch.randint(0, 17, (23, 1, 8, 8), dtype=torch.uint8)
+    model.initialize(images)
+    whole = evaluate(model, images, batch_size=4, seed=5)
+    for world_size in (2, 3, 7):
+        parts = [evaluate(model, images, 4, 5, shard=(r, world_size)) for r in range(world_size)]
+        assert sum(p["n"] for p in parts) == whole["n"] == 23
+        bits = sum(p["bpd"] * p["n"] for p in parts if p["n"])
+        assert bits / 23 == pytest.approx(whole["bpd"], rel=1e-12)
+    empty = evaluate(model, images, 4, 5, shard=(6, 7))  # 6 batches: rank 6 has none
+    assert empty["n"] == 0 and math.isnan(empty["bpd"])
+    # The first batch's noise is the same for any batch size: seed `batch_seed(seed, 0)`.
+    first = evaluate(model, images[:4], batch_size=4, seed=5)
+    assert first == evaluate(model, images[:4], batch_size=8, seed=5)
+    assert evaluate(model, images, batch_size=4, seed=6)["bpd"] != whole["bpd"]

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -43,23 +42,47 @@ KILL_SETTINGS = [
 ]
 
 
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "imageflows", "train", "--no-progress", *args]
+# The training CLI in a child process whose checkpoint writer, asked for step 6, first says so
+# on stdout and then waits forever: the test kills it there, two steps past checkpoint 4.
+_BLOCK_AT_CHECKPOINT_6 = """
+import sys, threading
+import imageflows.train.loop as loop
+from imageflows.cli import main
+write = loop.save_checkpoint
+def save_checkpoint(workdir, step, *args):
+    if step == 6:
+        print("checkpoint 6", flush=True)
+        threading.Event().wait()
+    return write(workdir, step, *args)
+loop.save_checkpoint = save_checkpoint
+sys.exit(main(sys.argv[1:]))
+"""
 
 
+def _cli(*args: str, block: bool = False) -> list[str]:
+    start = ["-c", _BLOCK_AT_CHECKPOINT_6] if block else ["-m", "imageflows"]
+    return [sys.executable, *start, "train", "--no-progress", *args]
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="no SIGKILL on this platform")
 def test_resume_after_sigkill_equals_the_uninterrupted_run(tmp_path: Path) -> None:
     run, sets = tmp_path / "killed", [a for kv in KILL_SETTINGS for a in ("--set", kv)]
     # One thread, as in this process (conftest), so both runs sum in the same order.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    process = subprocess.Popen(_cli("--out", str(run), *sets), env=env, stderr=subprocess.PIPE)
-    second = run / "checkpoints" / "step_0000004"
-    deadline = time.monotonic() + 120
-    while not second.is_dir() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
+    process = subprocess.Popen(
+        _cli("--out", str(run), *sets, block=True),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    marker = process.stdout.readline()  # blocks until the child reaches checkpoint 6 (or dies)
     process.send_signal(signal.SIGKILL)
     _, stderr = process.communicate()
-    assert process.returncode == -signal.SIGKILL, stderr.decode()[-2000:]
-    assert not (run / "checkpoints" / "step_0000020").exists()  # killed mid-run
+    assert marker == b"checkpoint 6\n", stderr.decode()[-2000:]
+    assert process.returncode == -signal.SIGKILL
+    checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert checkpoints == ["step_0000002", "step_0000004"]
+    assert [r["step"] for r in metrics(run)] == [1, 2, 3, 4, 5, 6]  # two steps past it
 
     resumed = subprocess.run(_cli("--resume", str(run)), env=env, capture_output=True)
     assert resumed.returncode == 0, resumed.stderr.decode()[-2000:]

@@ -16,7 +16,7 @@ from imageflows.data import load_dataset
 from imageflows.metrics import evaluate
 from imageflows.models import build_model
 from imageflows.train import CheckpointWarning, load, train
-from imageflows.train.loop import global_indices
+from imageflows.train.data_order import global_indices
 
 TINY = Config(
     model=ModelConfig(image_shape=(1, 8, 8), num_levels=17, levels=2, depth=2, hidden_channels=16),
@@ -178,6 +178,15 @@ def test_evaluate_is_reproducible(run4: tuple[Path, dict]) -> None:
     assert math.isfinite(first["bpd"])
     with pytest.raises(TypeError, match="uint8"):
         evaluate(model, x.float())
+
+
+def test_training_evaluates_as_evaluate_does(run4: tuple[Path, dict]) -> None:
+    """The test records are `evaluate` of the EMA weights with seed `train.seed`, exactly."""
+    run, summary = run4
+    tc = TINY.train
+    x = load_dataset("digits", "test").images[: tc.eval_images]
+    result = evaluate(load(run), x, batch_size=tc.eval_batch_size, seed=tc.seed)
+    assert result["bpd"] == summary["test_bpd"] == metrics(run)[-1]["test_bpd"]
 
 
 def test_bad_runs_are_refused(run4: tuple[Path, dict], tmp_path: Path) -> None:

@@ -1,8 +1,8 @@
 """Run directories on disk: atomic writes, checksummed checkpoints, and `load(run_dir)`.
 
 A checkpoint is a directory `checkpoints/step_NNNNNNN/` holding `model.safetensors` (raw
-weights), `ema.safetensors` (Polyak weights), `state.pt` (optimizer, scheduler, step, RNG states;
-plain tensors and containers, so it loads with `torch.load(weights_only=True)`) and
+weights), `ema.safetensors` (Polyak weights), `state.pt` (optimizer, step, learning-rate scale,
+data order; plain tensors and containers, so it loads with `torch.load(weights_only=True)`) and
 `manifest.json` (the sha256 of each file). It is written into a temporary directory and renamed
 into place, so a crash leaves either the whole checkpoint or none of it.
 """
@@ -34,6 +34,8 @@ EMA_FILE = "ema.safetensors"
 STATE_FILE = "state.pt"
 MANIFEST_FILE = "manifest.json"
 CONFIG_FILE = "config.json"
+# What `state.pt` holds: besides the optimizer, what the step's random streams depend on.
+STATE_KEYS = ("step", "elapsed", "optimizer", "lr_scale", "reloads", "world_size", "data_order")
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
@@ -192,8 +194,14 @@ def load_safetensors(path: Path, device: str | torch.device = "cpu") -> dict[str
 
 
 def load_state(path: Path) -> dict[str, Any]:
-    """Read a checkpoint's `state.pt` (plain tensors and containers only)."""
-    return torch.load(Path(path) / STATE_FILE, map_location="cpu", weights_only=True)
+    """Read a checkpoint's `state.pt` (plain tensors and containers only); one without the
+    keys that `train` writes is a `ValueError` naming the file and the keys."""
+    file = Path(path) / STATE_FILE
+    state = torch.load(file, map_location="cpu", weights_only=True)
+    missing = [key for key in STATE_KEYS if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise ValueError(f"{file}: not a training state, it lacks {', '.join(missing)}")
+    return state
 
 
 def load_weights(model: torch.nn.Module, path: Path) -> None:

@@ -181,26 +181,22 @@ def data_parallel(model: nn.Module, env: DistEnv) -> nn.Module:
     return DistributedDataParallel(log_prob, device_ids=device_ids, **{key: False})
 
 
-@torch.no_grad()
 def sharded_evaluate(
     model: nn.Module, images: Tensor, batch_size: int, seed: int, env: DistEnv
 ) -> dict:
-    """`imageflows.metrics.evaluate` on all of `images`, shared out among the ranks.
+    """`imageflows.metrics.evaluate` on all of `images`, its batches shared out among the ranks.
 
-    Batch `i` (`batch_size` images) goes to rank `i mod world_size` and draws its
-    dequantization noise from seed `seed · 1000003 + i`, so every test image is seen exactly
-    once and the result does not depend on the number of ranks (up to float64 summation order).
+    Batch `i` goes to rank `i mod world_size` and keeps its own noise (`metrics.batch_seed`), so
+    every test image is seen exactly once and the result is `evaluate`'s, bitwise in a single
+    process and up to float64 summation order on several.
 
     Returns:
-        `{"bpd", "n", "recon_max_abs"}` over all images, the same on every rank.
+        `{"bpd", "n", "iw_samples", "recon_max_abs"}` over all images, the same on every rank.
     """
-    batches = images.split(batch_size)
-    bits = count = recon = 0.0
-    for i in range(env.rank, len(batches), env.world_size):
-        result = evaluate(model, batches[i], batch_size, seed=seed * 1_000_003 + i)
-        bits += result["bpd"] * result["n"]
-        count += result["n"]
-        recon = max(recon, result["recon_max_abs"])
-    bits, count = all_reduce([bits, count], env)
-    (recon,) = all_reduce([recon], env, op="max")
-    return {"bpd": bits / count, "n": int(count), "recon_max_abs": int(recon)}
+    result = evaluate(model, images, batch_size, seed, shard=(env.rank, env.world_size))
+    if not env.distributed:
+        return result
+    bits = result["bpd"] * result["n"] if result["n"] else 0.0
+    bits, count = all_reduce([bits, result["n"]], env)
+    (recon,) = all_reduce([result["recon_max_abs"]], env, op="max")
+    return {"bpd": bits / count, "n": int(count), "iw_samples": 1, "recon_max_abs": int(recon)}
