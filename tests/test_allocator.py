@@ -50,15 +50,21 @@ def no_malloc_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
 
 
+@pytest.mark.skipif(not ON_GLIBC, reason="malloc tuning applies to glibc only")
 def test_a_tensor_below_16_mib_comes_from_the_heap(no_malloc_env: None) -> None:
-    assert keep_freed_memory() is ON_GLIBC
-    if ON_GLIBC:  # glibc's default would mmap it (and unmap it on free)
-        before = _mmapped_blocks()
-        tensor = torch.empty(8 << 20, dtype=torch.uint8)  # 8 MiB
-        assert _mmapped_blocks() == before
-        del tensor
+    assert keep_freed_memory() is True
+    before = _mmapped_blocks()
+    tensor = torch.empty(8 << 20, dtype=torch.uint8)  # 8 MiB: glibc's default would mmap it
+    assert _mmapped_blocks() == before
+    del tensor
 
 
+@pytest.mark.skipif(ON_GLIBC, reason="tests the fallback off glibc")
+def test_off_glibc_nothing_is_tuned(no_malloc_env: None) -> None:
+    assert keep_freed_memory() is False
+
+
+@pytest.mark.skipif(not ON_GLIBC, reason="malloc tuning applies to glibc only")
 @pytest.mark.parametrize(
     "key, value", [("MALLOC_ARENA_MAX", "2"), ("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=0")]
 )

@@ -95,21 +95,22 @@ def train(cfg: Config, workdir: str | Path, resume: bool = False, progress: bool
             log.close()
 
 
-def _loop(run: Run, log_prob: LogProb, log: MetricsLog, test_images: Tensor, bar: bool) -> dict:
+def _loop(
+    run: Run, log_prob: LogProb, log: MetricsLog, test_images: Tensor, show_progress: bool
+) -> dict:
     tc, env = run.tc, run.env
     last_test = run_on_main(env, log.last_test)
     window, guard = Window(), NonFiniteGuard(tc.max_bad_steps, warn=env.is_main)
     started = time.perf_counter() - run.elapsed
-    progress = tqdm(
+    with tqdm(
         total=tc.steps,
         initial=run.step,
         desc="train",
         unit="step",
         file=sys.stderr,
-        disable=not bar,
+        disable=not show_progress,
         dynamic_ncols=True,
-    )
-    with progress:
+    ) as progress:
         run.model.train()
         while run.step < tc.steps:
             tick = time.perf_counter()
@@ -130,7 +131,7 @@ def _loop(run: Run, log_prob: LogProb, log: MetricsLog, test_images: Tensor, bar
             )
             run.step += 1
             run.elapsed = time.perf_counter() - started
-            window.add(*result, tc.batch_size, time.perf_counter() - tick)
+            window.add(result.bpd, result.grad_norm, tc.batch_size, time.perf_counter() - tick)
             progress.update(1)
             if guard.must_reload(run.step, result.bpd is not None):
                 guard.reload(run.step, run.checkpoint_step, tc.lr * run.lr_scale)
