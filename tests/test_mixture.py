@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import imageflows.layers as L
+from imageflows.bench import bisect_mixture_cdf
 from imageflows.layers import Mixture
 
 K = 4
@@ -198,40 +199,17 @@ def test_inverse_gradients_are_the_implicit_function_gradients() -> None:
 
 @pytest.mark.parametrize("mixture", ["moderate", "huge_scales"])
 def test_bisection_reference_agrees_in_the_bulk_and_clips_the_tails(mixture: str) -> None:
+    """The benchmark's reference (the public codes' bisection) against the layer's solver."""
     v = logit_grid(torch.float64)
     _, _, m = L.mixture_params(raw_params(mixture, len(v), torch.float64), K)
     newton, _ = L.solve_mixture_logit(v, m)
-    bisection = L.bisect_mixture_cdf(v, m)
+    bisection = bisect_mixture_cdf(v, m)
     bulk = v.abs() < 11  # CDF inside the public code's clip to [1e-5, 1 − 1e-5]
     torch.testing.assert_close(bisection[bulk], newton[bulk], rtol=1e-9, atol=1e-9)
     log_cdf, log_sf, _ = L.mixture_log_terms(bisection[~bulk], Mixture(*(t[~bulk] for t in m)))
     # in the tails the reference stops at the clipped CDF, |logit| = ln(1e5 − 1)
     clipped = (log_cdf - log_sf).abs()
     torch.testing.assert_close(clipped, torch.full_like(clipped, math.log(1e5 - 1)))
-
-
-@pytest.mark.parametrize("method", ["newton", "bisection"])
-def test_mixture_inverse_stats_reports_the_round_trip(method: str) -> None:
-    g = torch.Generator().manual_seed(3)
-    x = torch.randn(200, generator=g, dtype=torch.float64)
-    params = torch.randn(200, 3 * 4 + 2, generator=g, dtype=torch.float64)
-    stats = L.mixture_inverse_stats(x, params, 4, method=method)
-    assert set(stats) == {
-        "method",
-        "iterations",
-        "seconds",
-        "max_abs_error",
-        "max_rel_error",
-        "max_logit_error",
-    }
-    assert stats["method"] == method and stats["seconds"] >= 0
-    if method == "newton":
-        assert 1 <= stats["iterations"] < 100
-        assert stats["max_rel_error"] < 1e-10 and stats["max_logit_error"] < 1e-12
-    else:
-        assert stats["iterations"] == 100
-    with pytest.raises(ValueError, match="unknown inverse method"):
-        L.mixture_inverse_stats(x, params, 4, method="secant")
 
 
 def test_mixture_needs_a_component() -> None:

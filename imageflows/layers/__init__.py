@@ -16,8 +16,6 @@ from .logit import Logit
 from .mixture import (
     Mixture,
     MixtureCDF,
-    bisect_mixture_cdf,
-    mixture_inverse_stats,
     mixture_log_terms,
     mixture_params,
     solve_mixture_logit,
@@ -54,9 +52,7 @@ __all__ = [
     "Squeeze",
     "Standardize",
     "SwapHalves",
-    "bisect_mixture_cdf",
     "initialize",
-    "mixture_inverse_stats",
     "mixture_log_terms",
     "mixture_params",
     "solve_mixture_logit",

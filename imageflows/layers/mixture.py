@@ -10,7 +10,6 @@ at its best, with a bisection safeguard inside a bracket that provably holds the
 
 from __future__ import annotations
 
-import time
 from typing import NamedTuple
 
 import torch
@@ -210,84 +209,17 @@ class MixtureCDF(ElementwiseMap):
         root, _ = solve_mixture_logit(
             v.detach(), Mixture(*(t.detach() for t in m)), self.max_iterations
         )
-        # one Newton step from the detached root: the same value, with the implicit-function
-        # gradient dx = −dg / g' attached
+        # the implicit-function gradient dx = −dg/g' attached to the detached root: g − g.detach()
+        # is exactly zero, so x keeps the root's value even where the map is flat to rounding
+        # (a full Newton step there, residual / g', can throw a valid root far away)
         log_cdf, log_sf, log_pdf = mixture_log_terms(root, m)
-        x = root - (log_cdf - log_sf - v) * (log_cdf + log_sf - log_pdf).exp()
+        g = log_cdf - log_sf - v
+        inverse_slope = (
+            (log_cdf + log_sf - log_pdf).detach().exp().clamp(max=torch.finfo(g.dtype).max)
+        )
+        x = root - (g - g.detach()) * inverse_slope
         log_cdf, log_sf, log_pdf = mixture_log_terms(x, m)
         return x, -(log_pdf - log_cdf - log_sf + a)
 
     def extra_repr(self) -> str:
         return f"components={self.components}, min_log_scale={self.min_log_scale}"
-
-
-@torch.no_grad()
-def bisect_mixture_cdf(
-    v: Tensor,
-    m: Mixture,
-    iterations: int = 100,
-    bound_scale: float = 200.0,
-    clip: float = 1e-5,
-) -> Tensor:
-    """The public implementations' inverse: bisection on C(x) = σ(v) for a fixed step count.
-
-    As the official Flow++ code (`mixlogistic_invcdf`) and its PyTorch port do: the target CDF is
-    clipped to [clip, 1 − clip], the bracket is μ ± `bound_scale`·Σ_k exp(s_k), the search starts
-    at x = 0 and compares exp(log C(x)) with the target. A reference for `imageflows bench`.
-    """
-    target = v.sigmoid().clamp(clip, 1 - clip)
-    reach = bound_scale * m.log_scales.exp().sum(dim=1, keepdim=True)
-    lo, hi = (m.means - reach).amin(dim=1), (m.means + reach).amax(dim=1)
-    x = torch.zeros_like(v)
-    for _ in range(iterations):
-        above = mixture_log_terms(x, m)[0].exp() > target
-        x_new = torch.where(above, 0.5 * (x + lo), 0.5 * (x + hi))
-        lo, hi = torch.where(above, lo, x), torch.where(above, x, hi)
-        x = x_new
-    return x
-
-
-@torch.no_grad()
-def mixture_inverse_stats(
-    x: Tensor, params: Tensor, components: int, method: str = "newton", iterations: int = 100
-) -> dict[str, float | int | str]:
-    """Round trip x → v = σ⁻¹(C(x)) → x̂ with one solver, for the benchmark.
-
-    Args:
-        x: points `[B, ...]` (float32 or float64; the solve runs in x's dtype and device).
-        params: raw parameters `[B, 3K + 2, ...]` as `MixtureCDF` takes them.
-        components: K.
-        method: "newton" (`solve_mixture_logit`, at most `iterations`) or "bisection"
-            (`bisect_mixture_cdf`, exactly `iterations`).
-    Returns:
-        method, iterations, seconds (the solve alone), max_abs_error = max|x̂ − x|,
-        max_rel_error = max|x̂ − x| / max(1, |x|), and max_logit_error = max|σ⁻¹(C(x̂)) − v|.
-    """
-    if method not in ("newton", "bisection"):
-        raise ValueError(f"unknown inverse method {method!r}; choose 'newton' or 'bisection'")
-    _, _, m = mixture_params(params, components)
-    log_cdf, log_sf, _ = mixture_log_terms(x, m)
-    v = log_cdf - log_sf
-    _synchronize(x)
-    start = time.perf_counter()
-    if method == "newton":
-        x_hat, used = solve_mixture_logit(v, m, iterations)
-    else:
-        x_hat, used = bisect_mixture_cdf(v, m, iterations), iterations
-    _synchronize(x)
-    seconds = time.perf_counter() - start
-    err = (x_hat - x).abs()
-    log_cdf, log_sf, _ = mixture_log_terms(x_hat, m)
-    return {
-        "method": method,
-        "iterations": used,
-        "seconds": seconds,
-        "max_abs_error": err.max().item(),
-        "max_rel_error": (err / x.abs().clamp(min=1)).max().item(),
-        "max_logit_error": (log_cdf - log_sf - v).abs().max().item(),
-    }
-
-
-def _synchronize(x: Tensor) -> None:
-    if x.is_cuda:
-        torch.cuda.synchronize(x.device)

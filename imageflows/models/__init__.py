@@ -21,6 +21,9 @@ def build_model(cfg: ModelConfig) -> FlowModel:
         num_levels=cfg.num_levels,
         memory_saving=cfg.memory_saving,
         components=cfg.components,
+        dequant_couplings=cfg.dequant_couplings,
+        dequant_blocks=cfg.dequant_blocks,
+        dequant_context_channels=cfg.dequant_context_channels,
     )
     if cfg.type == "glow":
         return Glow(levels=cfg.levels, depth=cfg.depth, **shared)
