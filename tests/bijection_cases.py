@@ -215,6 +215,7 @@ CASES = [
     Case("coupling_additive", lambda: glow_coupling(L.Additive()), (4, 3, 3)),
     Case("coupling_affine", lambda: glow_coupling(L.Affine()), (4, 3, 3)),
     Case("coupling_affine_odd", lambda: glow_coupling(L.Affine(), 5), (5, 2, 2)),
+    Case("coupling_affine_floor", lambda: glow_coupling(L.Affine(min_scale=0.2)), (4, 3, 3)),
     Case("coupling_mixture", lambda: glow_coupling(L.MixtureCDF(3)), (4, 3, 3)),
     Case("coupling_mixture_odd", lambda: glow_coupling(L.MixtureCDF(1), 3), (3, 2, 2)),
     Case(

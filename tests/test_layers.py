@@ -66,3 +66,18 @@ def test_sequential_sums_logdets_and_inverse_swaps_directions() -> None:
     torch.testing.assert_close(z, b(za)[0])
     torch.testing.assert_close(ld, lda + b(za)[1])
     torch.testing.assert_close(L.Inverse(seq)(z)[0], x)
+
+
+def test_affine_floor_bounds_the_contraction_far_in_the_tails() -> None:
+    """s = m + (1 − m)·σ(h + 2) ≥ m however negative h; m = 0 is the paper's σ(h + 2)."""
+    x = torch.linspace(-3, 3, 7, dtype=torch.float64).view(1, 7)
+    h = torch.tensor([-200.0, -80, -20, 0, 5, 20, 80], dtype=torch.float64).view(1, 7)
+    params = torch.stack([h, torch.zeros_like(h)], dim=1)  # (B, P, ...): raw scale, shift
+    z, log_scale = L.Affine(min_scale=0.25)(x, params)
+    torch.testing.assert_close(log_scale.exp(), 0.25 + 0.75 * torch.sigmoid(h + 2))
+    assert log_scale.min() >= math.log(0.25) - 1e-12
+    torch.testing.assert_close(L.Affine(min_scale=0.25).inverse(z, params)[0], x)
+    paper = L.Affine()(x, params)[1]
+    torch.testing.assert_close(paper, torch.nn.functional.logsigmoid(h + 2))
+    with pytest.raises(ValueError, match="min_scale must be in"):
+        L.Affine(min_scale=1.0)

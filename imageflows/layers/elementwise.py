@@ -39,26 +39,46 @@ class Additive(ElementwiseMap):
 
 
 class Affine(ElementwiseMap):
-    """y = (x + t) · σ(h + 2), Glow's affine coupling (Glow section 3.3, openai/glow code).
+    """y = (x + t) · s with s = m + (1 − m)·σ(h + 2): Glow's affine coupling for m = 0 (Glow
+    section 3.3, openai/glow code).
 
     The sigmoid keeps the scale in (0, 1) and the +2 makes it ≈ 0.88 when h = 0, so a
-    zero-initialised conditioner starts as a constant contraction. log|∂y/∂x| = log σ(h + 2).
+    zero-initialised conditioner starts as a constant contraction. log|∂y/∂x| = log s.
+    A floor m = `min_scale` > 0 bounds the contraction: the paper's form lets a conditioner
+    reach σ(−70) on inputs far from the data, and the inverse then amplifies rounding past any
+    float's resolution; with the floor it amplifies it by at most 1/m per coupling.
     """
 
     num_params = 2
 
-    def _unpack(self, params: Tensor) -> tuple[Tensor, Tensor]:
-        raw_scale, shift = params.unbind(1)  # one op; its backward is one `stack`
-        return raw_scale + 2.0, shift
+    def __init__(self, min_scale: float = 0.0) -> None:
+        super().__init__()
+        if not 0 <= min_scale < 1:
+            raise ValueError(f"Affine's min_scale must be in [0, 1), got {min_scale}")
+        self.min_scale = min_scale
+
+    def _log_scale(self, pre_scale: Tensor) -> Tensor:
+        """log s, stable in the sigmoid's tails."""
+        if not self.min_scale:
+            return F.logsigmoid(pre_scale)
+        return self._scale(pre_scale).log()
+
+    def _scale(self, pre_scale: Tensor) -> Tensor:
+        m = self.min_scale
+        return pre_scale.sigmoid() if not m else m + (1 - m) * pre_scale.sigmoid()
 
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        pre_scale, shift = self._unpack(params)
-        return (x + shift) * pre_scale.sigmoid(), F.logsigmoid(pre_scale)
+        raw_scale, shift = params.unbind(1)  # one op; its backward is one `stack`
+        pre_scale = raw_scale + 2.0
+        return (x + shift) * self._scale(pre_scale), self._log_scale(pre_scale)
 
     def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        pre_scale, shift = self._unpack(params)
-        minus_log_scale = -F.logsigmoid(pre_scale)
+        raw_scale, shift = params.unbind(1)
+        minus_log_scale = -self._log_scale(raw_scale + 2.0)
         return y * minus_log_scale.exp() - shift, minus_log_scale
+
+    def extra_repr(self) -> str:
+        return f"min_scale={self.min_scale}" if self.min_scale else ""
 
 
 class Standardize(ElementwiseMap):

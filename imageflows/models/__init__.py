@@ -21,6 +21,7 @@ def build_model(cfg: ModelConfig) -> FlowModel:
         num_levels=cfg.num_levels,
         memory_saving=cfg.memory_saving,
         components=cfg.components,
+        min_scale=cfg.min_scale,
         dequant_couplings=cfg.dequant_couplings,
         dequant_blocks=cfg.dequant_blocks,
         dequant_context_channels=cfg.dequant_context_channels,

@@ -71,6 +71,7 @@ class FlowPlusPlus(FlowModel):
         n_bits: int | None = None,
         num_levels: int | None = None,
         memory_saving: bool = False,
+        min_scale: float = 0.0,
         dequant_couplings: int = 4,
         dequant_blocks: int = 2,
         dequant_context_channels: int = 32,
@@ -98,7 +99,11 @@ class FlowPlusPlus(FlowModel):
                 layer
                 for _ in range(count)
                 for layer in flowpp_step(
-                    shape, kind, make_transform(coupling, components), permutation, conditioner
+                    shape,
+                    kind,
+                    make_transform(coupling, components, min_scale),
+                    permutation,
+                    conditioner,
                 )
             ]
             layers.append(chain(steps))

@@ -20,6 +20,7 @@ class Glow(FlowModel):
     so training activation memory does not grow with K. Flow++'s components mix in by name:
     `coupling="mixture"` (with `components` logistics) and `dequantization="variational"`
     (a dequantizer of `dequant_couplings` couplings of `dequant_blocks` blocks each).
+    `min_scale` > 0 puts a floor under the affine coupling's scale (`Affine`).
     """
 
     def __init__(
@@ -35,6 +36,7 @@ class Glow(FlowModel):
         num_levels: int | None = None,
         memory_saving: bool = False,
         components: int = 32,
+        min_scale: float = 0.0,
         dequant_couplings: int = 4,
         dequant_blocks: int = 2,
         dequant_context_channels: int = 32,
@@ -53,6 +55,7 @@ class Glow(FlowModel):
             coupling=coupling,
             permutation=permutation,
             components=components,
+            min_scale=min_scale,
         )
         flow = Sequential([Shift(-0.5), MultiScaleFlow(c, levels, depth, step, memory_saving)])
         dequantizer = make_dequantizer(

@@ -51,10 +51,13 @@ def choose(name: str, value: str, options: dict) -> object:
     return options[value]
 
 
-def make_transform(coupling: str, components: int = 32) -> ElementwiseMap:
-    """A coupling's element-wise map by name; "mixture" has `components` logistics."""
+def make_transform(coupling: str, components: int = 32, min_scale: float = 0.0) -> ElementwiseMap:
+    """A coupling's element-wise map by name; "mixture" has `components` logistics, "affine"
+    the scale floor `min_scale` (0: the paper's form)."""
     kind = choose("coupling", coupling, COUPLINGS)
-    return kind(components) if kind is MixtureCDF else kind()
+    if kind is MixtureCDF:
+        return MixtureCDF(components)
+    return Affine(min_scale) if kind is Affine else kind()
 
 
 def make_permutation(permutation: str, channels: int) -> list[Bijection]:
@@ -64,14 +67,19 @@ def make_permutation(permutation: str, channels: int) -> list[Bijection]:
 
 
 def glow_step(
-    channels: int, hidden_channels: int, coupling: str, permutation: str, components: int = 32
+    channels: int,
+    hidden_channels: int,
+    coupling: str,
+    permutation: str,
+    components: int = 32,
+    min_scale: float = 0.0,
 ) -> list[Bijection]:
     """actnorm → permutation → coupling (Glow section 3, Figure 2a). Shapes: `[B, C, H, W]`.
 
     Without a permutation the step ends by swapping the channel halves (RealNVP's alternating
     masks), so that consecutive couplings transform different halves.
     """
-    transform = make_transform(coupling, components)
+    transform = make_transform(coupling, components, min_scale)
     id_channels = channels // 2
     conditioner = GlowConditioner(
         id_channels, transform.num_params * (channels - id_channels), hidden_channels
