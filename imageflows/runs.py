@@ -120,7 +120,9 @@ def evaluate_run(
     """Bits/dim of a run's model on a data split (see `imageflows.metrics.evaluate`).
 
     Returns:
-        `bpd`, `n`, `iw_samples`, `recon_max_abs`, `data` (e.g. "CIFAR-10 (JPEG q75)"),
+        `imageflows.metrics.evaluate`'s figures (`bpd`, its median and 1st/99th percentiles,
+        `n`, `iw_samples`, `roundtrip_failures`, `recon_max_abs`), `data` (e.g. "CIFAR-10
+        (JPEG q75)"),
         `split`, `weights` ("ema" or "raw"), `run` and `step`.
     """
     if iw_samples < 1:
@@ -131,10 +133,7 @@ def evaluate_run(
     _, dataset = run_dataset(cfg, split, model.num_levels, data, data_dir)
     scores = evaluate(model, dataset.images, batch_size, seed, iw_samples)
     return {
-        "bpd": float(scores["bpd"]),
-        "n": int(scores["n"]),
-        "iw_samples": iw_samples,
-        "recon_max_abs": int(scores["recon_max_abs"]),
+        **scores,
         "data": dataset.description,
         "split": split,
         "weights": "ema" if ema else "raw",

@@ -21,7 +21,8 @@ TINY = [
     "--set", "train.steps=4", "--set", "train.eval_every=2", "--set", "train.checkpoint_every=2",
     "--set", "model.depth=2", "--set", "model.hidden_channels=16", "--no-progress",
 ]  # fmt: skip
-EVAL_KEYS = {"bpd", "n", "iw_samples", "recon_max_abs", "data", "run", "step"}
+EVAL_KEYS = {"bpd", "bpd_median", "bpd_p1", "bpd_p99", "n", "iw_samples", "roundtrip_failures"}
+EVAL_KEYS |= {"recon_max_abs", "data", "run", "step"}
 
 
 @pytest.fixture(scope="module")

@@ -52,6 +52,12 @@ def test_evaluate_one_draw_equals_log_prob_and_more_draws_tighten() -> None:
     )
     assert one["bpd"] == pytest.approx(bits_per_dim(by_hand, 64).mean().item(), rel=1e-6)
     assert one["recon_max_abs"] == 0 and one["n"] == 12 and one["iw_samples"] == 1
+    per_image = bits_per_dim(by_hand.double(), 64)
+    p1, median, p99 = torch.quantile(per_image, torch.tensor([0.01, 0.5, 0.99]).double())
+    assert one["bpd_median"] == pytest.approx(median.item(), rel=1e-6)
+    assert one["bpd_p1"] == pytest.approx(p1.item(), rel=1e-6)
+    assert one["bpd_p99"] == pytest.approx(p99.item(), rel=1e-6)
+    assert one["roundtrip_failures"] == 0
     many = evaluate(model, images, batch_size=5, seed=3, iw_samples=8)
     assert many["bpd"] < one["bpd"]
     with pytest.raises(TypeError, match="uint8"):
@@ -77,3 +83,20 @@ def test_each_batch_has_its_own_noise_so_shards_add_up() -> None:
     first = evaluate(model, images[:4], batch_size=4, seed=5)
     assert first == evaluate(model, images[:4], batch_size=8, seed=5)
     assert evaluate(model, images, batch_size=4, seed=6)["bpd"] != whole["bpd"]
+
+
+def test_evaluate_counts_the_images_whose_round_trip_fails(monkeypatch) -> None:
+    torch.manual_seed(0)
+    model = imf.Glow((1, 8, 8), levels=2, depth=1, hidden_channels=8, num_levels=17)
+    images = torch.randint(0, 16, (12, 1, 8, 8), dtype=torch.uint8)
+    model.initialize(images)
+    decode = model.decode
+
+    def off_by_one_on_two_images(eps: torch.Tensor) -> torch.Tensor:
+        x = decode(eps)
+        x[:2, 0, 0, 0] += 1  # the first two images of every batch
+        return x
+
+    monkeypatch.setattr(model, "decode", off_by_one_on_two_images)
+    result = evaluate(model, images, batch_size=5)
+    assert result["roundtrip_failures"] == 6 and result["recon_max_abs"] == 1

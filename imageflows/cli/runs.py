@@ -107,8 +107,10 @@ def _eval(args: argparse.Namespace) -> Outcome:
     bound = f", importance-weighted over {args.iw_samples} draws" if args.iw_samples > 1 else ""
     message = (
         f"{args.split} bits/dim {result['bpd']:.4f} on {result['n']} images of "
-        f"{result['data']}, {weights} weights at step {result['step']}{bound}; "
-        f"decode(encode(x)) max |error| {result['recon_max_abs']}"
+        f"{result['data']}, {weights} weights at step {result['step']}{bound}; per image: "
+        f"median {result['bpd_median']:.4f}, 1st-99th percentile {result['bpd_p1']:.4f}-"
+        f"{result['bpd_p99']:.4f}; decode(encode(x)) != x for {result['roundtrip_failures']} "
+        f"images (max |error| {result['recon_max_abs']})"
     )
     return result, message
 

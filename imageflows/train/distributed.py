@@ -191,12 +191,19 @@ def sharded_evaluate(
     process and up to float64 summation order on several.
 
     Returns:
-        `{"bpd", "n", "iw_samples", "recon_max_abs"}` over all images, the same on every rank.
+        `{"bpd", "n", "iw_samples", "roundtrip_failures", "recon_max_abs"}` over all images,
+        the same on every rank (one process: `evaluate`'s result, percentiles included).
     """
     result = evaluate(model, images, batch_size, seed, shard=(env.rank, env.world_size))
     if not env.distributed:
         return result
     bits = result["bpd"] * result["n"] if result["n"] else 0.0
-    bits, count = all_reduce([bits, result["n"]], env)
+    bits, count, failures = all_reduce([bits, result["n"], result["roundtrip_failures"]], env)
     (recon,) = all_reduce([result["recon_max_abs"]], env, op="max")
-    return {"bpd": bits / count, "n": int(count), "iw_samples": 1, "recon_max_abs": int(recon)}
+    return {
+        "bpd": bits / count,
+        "n": int(count),
+        "iw_samples": 1,
+        "roundtrip_failures": int(failures),
+        "recon_max_abs": int(recon),
+    }
