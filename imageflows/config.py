@@ -111,6 +111,15 @@ class TrainConfig:
             )
 
 
+# Keys a resumed run may change: its length, the optimizer's schedule and the bookkeeping.
+RESUMABLE = ("data.dir",) + tuple(
+    f"train.{key}"
+    for key in ("steps", "lr", "warmup_steps", "grad_clip", "ema", "eval_every", "eval_images",
+                "eval_batch_size", "sample_temperatures", "checkpoint_every", "keep_checkpoints",
+                "log_every", "precision", "compile", "max_bad_steps", "lr_backoff", "tensorboard")
+)  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -194,6 +203,24 @@ class Config:
             k: v for k, v in raw["model"].items() if f"model.{k}" in given or takes(k, model_type)
         }
         return Config.from_dict(raw)
+
+    def check_resumable_as(self, saved: Config) -> None:
+        """Refuse to continue a run saved with `saved` under this config when a key that
+        defines the model or the data order differs: a `ConfigError` naming those keys and the
+        ones that may change (`RESUMABLE`)."""
+        new, old = self.to_dict(), saved.to_dict()
+        changed = sorted(
+            f"{section}.{key}"
+            for section in SECTIONS
+            for key in set(new[section]) | set(old[section])
+            if new[section].get(key) != old[section].get(key)
+        )
+        refused = [key for key in changed if key not in RESUMABLE]
+        if refused:
+            raise ConfigError(
+                f"cannot change {', '.join(refused)} when resuming: they define the model or "
+                f"the data order; keys that may change: {', '.join(RESUMABLE)}"
+            )
 
     def save(self, path: str | Path) -> None:
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")

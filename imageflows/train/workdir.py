@@ -27,10 +27,13 @@ SAMPLES_PER_ROW = 8
 
 
 def prepare_workdir(cfg: Config, workdir: Path, resume: bool) -> None:
-    """Create `workdir` with `config.json` (a new run), or rewrite the config of one resumed."""
+    """Create `workdir` with `config.json` (a new run), or rewrite the config of one resumed,
+    once `cfg` is checked against it (`Config.check_resumable_as`): nothing is written before."""
     config_path = workdir / CONFIG_FILE
     if resume and not config_path.is_file():
         raise FileNotFoundError(f"{config_path}: cannot resume, no such file")
+    if resume:
+        cfg.check_resumable_as(Config.load(config_path))
     if not resume and any((workdir / name).exists() for name in (CONFIG_FILE, CHECKPOINT_DIR)):
         raise FileExistsError(
             f"{workdir}: already holds a run; resume it or choose another directory"
