@@ -142,10 +142,13 @@ def evaluate_run(
     }
 
 
+MAX_SAMPLES = 4096  # images in one sample picture (64 x 64 of them)
+
+
 def write_samples(
     run: str | Path,
     out: str | Path,
-    n: int = 64,
+    n: int | None = None,
     temperatures: Sequence[float] | None = None,
     temperature: float = 1.0,
     seed: int = 0,
@@ -154,17 +157,24 @@ def write_samples(
 ) -> dict[str, Any]:
     """Samples of a run's model into PNG `out` (Glow section 5, Figure 8).
 
-    With `temperatures`: one row of `n` samples per temperature, labelled "T=0.7", every row
-    decoded from the same noise. Without: `n` samples at `temperature`, `nrow` a row (default
-    about √n).
+    With `temperatures`: one row of `n` samples per temperature (default 8), labelled "T=0.7",
+    every row decoded from the same noise. Without: `n` samples at `temperature` (default 64),
+    `nrow` a row (default about √n). One picture holds at most `MAX_SAMPLES` images.
 
     Returns:
         `out`, `n`, `temperatures`, `seed` and `run`.
     """
+    if n is None:
+        n = 64 if temperatures is None else 8
     if n < 1:
         raise ValueError(f"--n must be at least 1, got {n}")
     if temperatures is not None and not temperatures:
         raise ValueError("--temperatures needs at least one number")
+    total = n * (len(temperatures) if temperatures is not None else 1)
+    if total > MAX_SAMPLES:
+        raise ValueError(
+            f"--n {n} asks for {total} images in one picture; at most {MAX_SAMPLES} are drawn"
+        )
     run = Path(run)
     run_config(run)
     model = load(run, ema=ema)

@@ -239,3 +239,15 @@ def test_encode_then_decode_gives_the_images_back(
     assert cli.main(["decode", str(run_dir), str(bad), "--out", str(png)]) == 2
     assert "not a readable latents file" in capsys.readouterr().err
     assert cli.main(["encode", str(run_dir), "--n", "0", "--out", str(latents)]) == 2
+
+
+def test_sample_defaults_to_8_per_temperature_and_caps_the_picture(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "grid.png"
+    assert cli.main(["sample", str(run_dir), "--temperatures", "0,0.5,1", "--out", str(out)]) == 0
+    assert "wrote 24 samples" in capsys.readouterr().err
+    with Image.open(out) as picture:
+        assert picture.width < 400  # 8 digits a row (64 a row made it ~1950 px wide)
+    assert cli.main(["sample", str(run_dir), "--n", "100000000", "--out", str(out)]) == 2
+    assert "at most 4096" in capsys.readouterr().err

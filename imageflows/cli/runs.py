@@ -47,7 +47,9 @@ def add_commands(command: Command) -> None:
 
     sample = command("sample", _sample, "draw samples from a trained run into a PNG")
     sample.add_argument("run", metavar="RUN", help="run directory")
-    sample.add_argument("--n", type=int, default=64, help="images (per row with --temperatures)")
+    sample.add_argument(
+        "--n", type=int, help="images (default 64; per row with --temperatures, default 8)"
+    )
     temperature = sample.add_mutually_exclusive_group()
     temperature.add_argument(
         "--temperature", type=float, default=1.0, help="scale of the latent noise (default 1)"
@@ -128,5 +130,5 @@ def _sample(args: argparse.Namespace) -> Outcome:
         nrow=args.nrow,
         ema=not args.raw,
     )
-    count = len(result["temperatures"]) * args.n
+    count = len(result["temperatures"]) * result["n"]
     return result, f"wrote {count} samples to {result['out']}"
