@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from imageflows.bench.timing import check_device, describe_device, time_calls
 from imageflows.config import Config
+from imageflows.hardware import describe_cpu_bf16
 from imageflows.models import FlowModel, build_model
 from imageflows.train.step import batch_bpd, make_optimizer, train_step
 
@@ -157,6 +158,7 @@ def run_bench(
         step_seconds = statistics.median(steps)
         result: dict[str, Any] = {
             "device": describe_device(device_),
+            "cpu_bf16": describe_cpu_bf16(),
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "model": cfg.to_dict()["model"],
@@ -192,6 +194,7 @@ def format_table(result: dict[str, Any]) -> str:
     compiled = " (torch.compile included)" if result.get("compile") else ""
     rows = [
         ("device", f"{result['device']}, torch {result['torch']}, {result['threads']} threads"),
+        ("cpu", result.get("cpu_bf16", "")),
         ("model", describe_model(result["model"])),
         ("batch", f"{result['batch_size']} images of {shape}, {result['precision']} training"),
         ("parameters", f"{result['parameters']:,}"),

@@ -18,6 +18,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from imageflows.config import Config, TrainConfig
+from imageflows.hardware import warn_if_slow_cpu_bf16
 from imageflows.images import plot_curves
 from imageflows.models import build_model
 from imageflows.train.checkpoint import (
@@ -323,3 +324,5 @@ def _check_environment(tc: TrainConfig, env: DistEnv) -> None:
         )
     if tc.precision == "bf16" and env.device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ValueError(f"train.precision=bf16, but {torch.cuda.get_device_name()} has no bf16")
+    if tc.precision == "bf16" and env.device.type == "cpu" and env.is_main:
+        warn_if_slow_cpu_bf16()

@@ -1,0 +1,39 @@
+"""The CPU's bf16 units, read from /proc/cpuinfo, and the one warning about emulated bf16."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from imageflows import hardware
+
+
+def cpuinfo(tmp_path: Path, flags: str) -> Path:
+    path = tmp_path / "cpuinfo"
+    path.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
+    return path
+
+
+def test_bf16_units_are_read_from_the_flags(tmp_path: Path) -> None:
+    hardware.cpu_bf16_units.cache_clear()
+    assert hardware.cpu_bf16_units(cpuinfo(tmp_path, "fpu avx2 fma")) == ()
+    assert hardware.cpu_bf16_units(cpuinfo(tmp_path / "..", "avx512f avx512_bf16 amx_bf16")) == (
+        "avx512_bf16",
+        "amx_bf16",
+    )
+    assert hardware.cpu_bf16_units(tmp_path / "missing") is None
+    hardware.cpu_bf16_units.cache_clear()
+
+
+def test_emulated_bf16_warns_once_naming_the_missing_units(monkeypatch) -> None:
+    monkeypatch.setattr(hardware, "cpu_bf16_units", lambda: ())
+    hardware.warn_if_slow_cpu_bf16.cache_clear()
+    with pytest.warns(RuntimeWarning, match="without avx512_bf16 or amx_bf16"):
+        assert hardware.warn_if_slow_cpu_bf16()
+    assert hardware.warn_if_slow_cpu_bf16()  # cached: no second warning
+    assert hardware.describe_cpu_bf16() == "no bf16 units (none of avx512_bf16, amx_bf16)"
+    monkeypatch.setattr(hardware, "cpu_bf16_units", lambda: ("amx_bf16",))
+    hardware.warn_if_slow_cpu_bf16.cache_clear()
+    assert not hardware.warn_if_slow_cpu_bf16()
+    hardware.warn_if_slow_cpu_bf16.cache_clear()
