@@ -19,7 +19,7 @@ from torch import Tensor
 from imageflows.attributes import Direction, cached_directions, read_attribute_file
 from imageflows.data import folder_files
 from imageflows.images import save_grid
-from imageflows.latent import edit, interpolate
+from imageflows.latent import check_alphas, edit, interpolate
 from imageflows.runs import run_config, run_dataset
 from imageflows.train.checkpoint import load, run_step
 
@@ -165,6 +165,7 @@ class Explorer:
         """uint8 `[len(alphas), len(indices), C, H, W]`: each image moved by α · direction."""
         if not indices:
             raise ValueError("need at least one image index")
+        check_alphas(alphas)  # before the direction is computed and cached
         images = self.images[[self.check_index(i) for i in indices]]
         direction = self.directions([attribute])[attribute]
         return edit(self.model, images, direction.vector, alphas)

@@ -158,6 +158,14 @@ def attribute_directions(
 
 
 @torch.no_grad()
+def check_alphas(alphas: Sequence[float]) -> None:
+    """A `ValueError` unless `alphas` holds at least one number, all finite."""
+    if not alphas:
+        raise ValueError("need at least one alpha")
+    if not all(math.isfinite(a) for a in alphas):
+        raise ValueError(f"alphas must be finite numbers, got {list(alphas)}")
+
+
 def edit(model: FlowModel, images: Tensor, direction: Tensor, alphas: Sequence[float]) -> Tensor:
     """decode(encode(x) + α · direction) for each α (Glow section 5, Figure 6).
 
@@ -171,10 +179,7 @@ def edit(model: FlowModel, images: Tensor, direction: Tensor, alphas: Sequence[f
     Returns:
         uint8 `[len(alphas), B, C, H, W]`: one row of edited images per α.
     """
-    if not alphas:
-        raise ValueError("need at least one alpha")
-    if not all(math.isfinite(a) for a in alphas):
-        raise ValueError(f"alphas must be finite numbers, got {list(alphas)}")
+    check_alphas(alphas)
     eps = model.encode(images)
     if direction.shape != eps.shape[1:]:
         raise ValueError(

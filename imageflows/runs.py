@@ -49,7 +49,7 @@ def run_dataset(
     Without `data_dir`, the run's data folder is used for the run's own dataset only: another
     dataset needs its own folder.
     """
-    name = data or cfg.data.name
+    name = cfg.data.name if data is None else data
     if data_dir is None and name == cfg.data.name:
         data_dir = cfg.data.dir
     return name, prepare(load_dataset(name, split, data_dir), num_levels)
@@ -125,8 +125,8 @@ def evaluate_run(
         (JPEG q75)"),
         `split`, `weights` ("ema" or "raw"), `run` and `step`.
     """
-    if iw_samples < 1:
-        raise ValueError(f"--iw-samples must be at least 1, got {iw_samples}")
+    if not 1 <= iw_samples <= MAX_IW_SAMPLES:
+        raise ValueError(f"--iw-samples must be in 1..{MAX_IW_SAMPLES}, got {iw_samples}")
     run = Path(run)
     cfg = run_config(run)
     model = load(run, ema=ema)
@@ -142,6 +142,7 @@ def evaluate_run(
     }
 
 
+MAX_IW_SAMPLES = 1024  # draws of u per image in an importance-weighted evaluation
 MAX_SAMPLES = 4096  # images in one sample picture (64 x 64 of them)
 
 
@@ -168,6 +169,8 @@ def write_samples(
         n = 64 if temperatures is None else 8
     if n < 1:
         raise ValueError(f"--n must be at least 1, got {n}")
+    if nrow is not None and nrow < 1:
+        raise ValueError(f"--nrow must be at least 1, got {nrow}")
     if temperatures is not None and not temperatures:
         raise ValueError("--temperatures needs at least one number")
     total = n * (len(temperatures) if temperatures is not None else 1)

@@ -15,6 +15,7 @@ import os
 import re
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from imageflows.allocator import keep_freed_memory
 
@@ -32,7 +33,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     The process-wide settings (the allocator's tuning) are applied here, never by the library.
     """
-    args = build_parser().parse_args(_attach_negative_values(argv))
+    try:
+        args = build_parser().parse_args(_attach_negative_values(argv))
+    except SystemExit as done:  # --help, or a usage error already reported
+        return int(done.code or 0)
     keep_freed_memory()
     try:
         result, message = args.handler(args)
@@ -53,9 +57,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line, like every other error here."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"imageflows: error: {self.prog.removeprefix('imageflows ')}: {message} "
+                     f"(see {self.prog} --help)\n")  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of all subcommands."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="imageflows", description="Glow and Flow++ image flows with exact likelihood."
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -56,7 +56,7 @@ def _list_of(kind: type, what: str) -> Callable[[str], list]:
 
     def parse(text: str) -> list:
         try:
-            return [kind(item) for item in text.split(",") if item.strip()]
+            return [kind(item) for item in text.split(",")]  # an empty item is an error too
         except ValueError:
             raise argparse.ArgumentTypeError(
                 f"expected comma-separated {what}, got {text!r}"
@@ -72,9 +72,7 @@ floats = _list_of(float, "numbers")  # "0,0.5,1" as [0.0, 0.5, 1.0]
 def pairs(text: str) -> list[tuple[int, int]]:
     """`"3:17,5:8"` as `[(3, 17), (5, 8)]`."""
     try:
-        found = [
-            tuple(int(i) for i in item.split(":")) for item in text.split(",") if item.strip()
-        ]
+        found = [tuple(int(i) for i in item.split(":")) for item in text.split(",")]
     except ValueError:
         found = []
     if not found or any(len(pair) != 2 for pair in found):
