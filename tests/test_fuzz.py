@@ -8,7 +8,6 @@ leave every file on disk as it was.
 
 from __future__ import annotations
 
-import hashlib
 import random
 import shutil
 from pathlib import Path
@@ -20,6 +19,7 @@ from imageflows.cli import main
 from imageflows.explore import Explorer
 from imageflows.serve import create_app
 
+from ._files import snapshot
 from ._tiny_run import copy_run
 
 SEED, CLI_CASES, WEB_CASES = 0, 240, 200
@@ -27,14 +27,6 @@ SEED, CLI_CASES, WEB_CASES = 0, 240, 200
 NUMBERS = ["-1", "abc", "", "nan", "1e309", "99999999999", "0x1F", "1,2", "--"]
 INDICES = ["-1", "100000", "x", "", "1.5", "3:", ":4", "0:999999", "a:b", "1,,2", "0:1:2"]
 TEMPERATURES = ["-1", "nan", "inf", "x", "", "1e9", "0,,1", "0,x"]
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    return {
-        str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
-        for path in sorted(root.rglob("*"))
-        if path.is_file()
-    }
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import pytest
@@ -10,16 +9,8 @@ import pytest
 from imageflows.cli import main
 from imageflows.config import RESUMABLE, Config
 
+from ._files import snapshot
 from ._tiny_run import copy_run
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    """Every file under `root` by its relative path and the sha256 of its bytes."""
-    return {
-        str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
-        for path in sorted(root.rglob("*"))
-        if path.is_file()
-    }
 
 
 @pytest.fixture(scope="module")
