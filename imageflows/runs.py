@@ -19,7 +19,7 @@ from imageflows.data import ImageDataset, load_dataset, prepare
 from imageflows.images import save_grid
 from imageflows.latent import temperature_rows
 from imageflows.metrics import evaluate
-from imageflows.models import PRESETS, build_model, preset_config
+from imageflows.models import PRESETS, build_model, freeze, preset_config
 from imageflows.train import load, train
 from imageflows.train.checkpoint import CONFIG_FILE, run_step
 
@@ -180,7 +180,7 @@ def write_samples(
         )
     run = Path(run)
     run_config(run)
-    model = load(run, ema=ema)
+    model = freeze(load(run, ema=ema))
     rows = list(temperatures) if temperatures is not None else [temperature]
     grid = temperature_rows(model, rows, n, seed)
     if temperatures is not None:

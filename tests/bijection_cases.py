@@ -201,6 +201,7 @@ CASES = [
     Case("actnorm_per_element", lambda: L.ActNorm((2, 3, 3)), (2, 3, 3)),
     Case("conv1x1", lambda: L.InvConv1x1(4), (4, 3, 3)),
     Case("conv1x1_lu", lambda: L.InvConv1x1LU(4), (4, 3, 3)),
+    Case("conv1x1_frozen", lambda: L.InvConv1x1LU(4).double().frozen(), (4, 3, 3)),
     Case("reverse", lambda: L.Reverse(4), (4, 2, 2)),
     Case("shuffle", lambda: L.Shuffle(5), (5, 2, 2)),
     Case("permutation", lambda: L.ChannelPermutation(torch.tensor([2, 0, 1])), (3, 2, 2)),

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from imageflows.bench.timing import check_device, describe_device, time_calls
 from imageflows.config import Config
 from imageflows.hardware import describe_cpu_bf16
-from imageflows.models import FlowModel, build_model
+from imageflows.models import FlowModel, build_model, freeze
 from imageflows.train.step import batch_bpd, make_optimizer, train_step
 
 
@@ -139,7 +139,8 @@ def run_bench(
     Returns a JSON-ready dict: `train_images_per_s` and `train_step_seconds` (median over
     `repeats`), `peak_rss_mib` (after the training steps), `peak_cuda_mib` (CUDA only),
     `saved_for_backward_mib`, `sample_seconds` (median time to sample `sample_n` images at
-    T=1), `roundtrip_max_abs`, plus the device, torch version, threads and configuration.
+    T=1 from the model's inference copy, `freeze`, as `imageflows sample` does),
+    `roundtrip_max_abs`, plus the device, torch version, threads and configuration.
     """
     if batch_size < 1 or repeats < 1 or warmup < 0 or sample_n < 1 or threads < 1:
         raise ValueError(
@@ -180,7 +181,7 @@ def run_bench(
         optimizer.zero_grad(set_to_none=True)
         result["sample_n"] = sample_n
         result["sample_seconds"] = statistics.median(
-            time_sampling(model, sample_n, 1.0, repeats, warmup)
+            time_sampling(freeze(model), sample_n, 1.0, repeats, warmup)
         )
         result["roundtrip_max_abs"] = roundtrip_max_abs(model, x)
         return result

@@ -2,7 +2,7 @@
 
 from .actnorm import ActNorm
 from .base import Bijection, DataInit, Inverse, Sequential, initialize
-from .conv1x1 import InvConv1x1, InvConv1x1LU
+from .conv1x1 import FrozenInvConv1x1, InvConv1x1, InvConv1x1LU
 from .coupling import ChannelSplit, CheckerboardSplit, Coupling, SwapHalves
 from .elementwise import (
     Additive,
@@ -37,6 +37,7 @@ __all__ = [
     "DataInit",
     "ElementwiseMap",
     "FactorOut",
+    "FrozenInvConv1x1",
     "Inverse",
     "InvConv1x1",
     "InvConv1x1LU",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 
 import torch
@@ -30,6 +31,14 @@ def _mix_channels(weight: Tensor, x: Tensor) -> Tensor:
     return torch.bmm(weight.expand(x.shape[0], -1, -1), x.flatten(2)).view_as(x)
 
 
+def _mix(x: Tensor, matrix: Callable[[], tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+    """M x at every pixel and H·W·log|det M| for each example, for (M, log|det M|) = `matrix()`,
+    outside autocast."""
+    with _no_autocast(x):
+        weight, logabsdet = matrix()
+        return _mix_channels(weight, x), (logabsdet * x.shape[2:].numel()).expand(x.shape[0])
+
+
 class InvConv1x1(Bijection):
     """z = W x at every pixel; log|det| = H·W·log|det W| (Glow eq. 9).
 
@@ -45,20 +54,40 @@ class InvConv1x1(Bijection):
         """W `[C, C]` and log|det W| (a scalar)."""
         return self.weight, torch.linalg.slogdet(self.weight)[1]
 
+    def inverse_matrix(self) -> tuple[Tensor, Tensor]:
+        """W⁻¹ and log|det W⁻¹| = −log|det W|."""
+        weight, logabsdet = self.matrix()
+        return torch.linalg.inv(weight), -logabsdet
+
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        with _no_autocast(x):
-            weight, logabsdet = self.matrix()
-            return _mix_channels(weight, x), self._logdet(x, logabsdet)
+        return _mix(x, self.matrix)
 
     def inverse(self, z: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        with _no_autocast(z):
-            weight, logabsdet = self.matrix()
-            return _mix_channels(torch.linalg.inv(weight), z), -self._logdet(z, logabsdet)
+        return _mix(z, self.inverse_matrix)
 
-    @staticmethod
-    def _logdet(x: Tensor, logabsdet: Tensor) -> Tensor:
-        """H·W·log|det W| for each example."""
-        return (logabsdet * x.shape[2:].numel()).expand(x.shape[0])
+    @torch.no_grad()
+    def frozen(self) -> FrozenInvConv1x1:
+        """This layer with W, W⁻¹ and log|det W| computed once, for inference (`freeze`)."""
+        return FrozenInvConv1x1(*self.matrix(), *self.inverse_matrix())
+
+
+class FrozenInvConv1x1(Bijection):
+    """z = W x with W, W⁻¹ and log|det W| fixed: an `InvConv1x1` frozen for inference."""
+
+    def __init__(
+        self, weight: Tensor, logabsdet: Tensor, inverse_weight: Tensor, minus_logabsdet: Tensor
+    ) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.register_buffer("logabsdet", logabsdet)
+        self.register_buffer("inverse_weight", inverse_weight)
+        self.register_buffer("minus_logabsdet", minus_logabsdet)
+
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return _mix(x, lambda: (self.weight, self.logabsdet))
+
+    def inverse(self, z: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return _mix(z, lambda: (self.inverse_weight, self.minus_logabsdet))
 
 
 class InvConv1x1LU(InvConv1x1):

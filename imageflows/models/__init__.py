@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..config import ModelConfig
 from .base import FlowModel
 from .flowpp import FlowPlusPlus
+from .frozen import freeze
 from .glow import Glow
 from .multiscale import MultiScaleFlow
 from .presets import PRESETS, preset_config
@@ -52,6 +53,7 @@ __all__ = [
     "Glow",
     "MultiScaleFlow",
     "build_model",
+    "freeze",
     "from_preset",
     "preset_config",
 ]

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers import DataInit
+from .frozen import frozen_conv
 
 
 def concat_elu(x: Tensor) -> Tensor:
@@ -79,6 +80,11 @@ class WNConv2d(DataInit):
 
     def forward(self, x: Tensor) -> Tensor:
         return self._conv(x, self.weight(), self.bias)
+
+    def frozen(self) -> nn.Conv2d:
+        """The convolution with W = g · V/‖V‖ computed once, for inference (`freeze`)."""
+        padding = self.direction.shape[-1] // 2
+        return frozen_conv(self.weight(), self.bias, (padding, padding))
 
     @torch.no_grad()
     def init_from(self, x: Tensor) -> None:

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers import ActNorm, DataInit
+from .frozen import frozen_conv
 
 
 def _scaled_kernel(conv: nn.Conv2d, scale: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
@@ -42,6 +43,10 @@ class ConvActNorm(DataInit):
     def forward(self, x: Tensor) -> Tensor:
         return F.conv2d(x, *self.kernel(), padding=self.conv.padding)
 
+    def frozen(self) -> nn.Conv2d:
+        """The folded convolution with its kernel computed once, for inference (`freeze`)."""
+        return frozen_conv(*self.kernel(), self.conv.padding)
+
 
 class ZeroConv2d(nn.Module):
     """Zero-initialised convolution with a learned output scale: (W ⋆ x + b) · exp(3·s).
@@ -66,6 +71,10 @@ class ZeroConv2d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return F.conv2d(x, *self.kernel(), padding=self.conv.padding)
+
+    def frozen(self) -> nn.Conv2d:
+        """The scaled convolution with its kernel computed once, for inference (`freeze`)."""
+        return frozen_conv(*self.kernel(), self.conv.padding)
 
 
 class GlowConditioner(nn.Module):
