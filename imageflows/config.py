@@ -42,7 +42,7 @@ class ModelConfig:
     hidden_channels: int = 64  # width of each coupling's conditioner
     coupling: str = "affine"  # the couplings' element-wise map: "additive" | "affine" | "mixture"
     components: int = 32  # logistics per element of a "mixture" coupling (Flow++: 32)
-    min_scale: float = 0.0  # floor m of the affine scale m + (1 − m)·σ(h + 2); 0: the paper's
+    min_scale: float = 0.1  # floor m of the affine scale m + (1 − m)·σ(h + 2); 0: the paper's
     permutation: str = "conv1x1_lu"  # "none" | "reverse" | "shuffle" | "conv1x1" | "conv1x1_lu"
     dequantization: str = "uniform"  # q(u|x): "uniform" | "variational" (Flow++'s flow)
     dequant_couplings: int = 4  # variational q(u|x): mixture couplings (Flow++ section 3.1)

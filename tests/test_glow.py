@@ -116,15 +116,18 @@ def test_untrained_additive_glow_log_prob_in_closed_form(
     torch.testing.assert_close(lp, expected, rtol=1e-6, atol=0)
 
 
-def test_untrained_affine_glow_logdet_in_closed_form() -> None:
-    """Each zero-initialised affine coupling scales its half by σ(2): K·D/2 elements at the first
-    level, K·D/4 at the second, so log|det| = (K·D/2 + K·D/4)·log σ(2)."""
+@pytest.mark.parametrize("min_scale", [0.0, 0.1])
+def test_untrained_affine_glow_logdet_in_closed_form(min_scale: float) -> None:
+    """Each zero-initialised affine coupling scales its half by s = m + (1 − m)·σ(2) (σ(2) for
+    the paper's m = 0): K·D/2 elements at the first level, K·D/4 at the second, so
+    log|det| = (K·D/2 + K·D/4)·log s."""
     torch.manual_seed(0)
-    model = imf.Glow(**GLOW, coupling="affine").double()
+    model = imf.Glow(**GLOW, coupling="affine", min_scale=min_scale).double()
     y = torch.rand(3, *model.image_shape, dtype=torch.float64)
     eps, logdet = model.flow(y)
     d, k = model.num_dims, model.depth
-    expected = (k * d // 2 + k * d // 4) * F.logsigmoid(torch.tensor(2.0, dtype=torch.float64))
+    scale = min_scale + (1 - min_scale) * torch.sigmoid(torch.tensor(2.0, dtype=torch.float64))
+    expected = (k * d // 2 + k * d // 4) * scale.log()
     torch.testing.assert_close(logdet, expected.expand(3), rtol=1e-6, atol=0)
     x = random_images(model, n=3)
     lp = model.log_prob(x, generator=torch.Generator().manual_seed(1))

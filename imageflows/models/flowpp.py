@@ -71,7 +71,7 @@ class FlowPlusPlus(FlowModel):
         n_bits: int | None = None,
         num_levels: int | None = None,
         memory_saving: bool = False,
-        min_scale: float = 0.0,
+        min_scale: float = 0.1,
         dequant_couplings: int = 4,
         dequant_blocks: int = 2,
         dequant_context_channels: int = 32,

@@ -36,7 +36,7 @@ class Glow(FlowModel):
         num_levels: int | None = None,
         memory_saving: bool = False,
         components: int = 32,
-        min_scale: float = 0.0,
+        min_scale: float = 0.1,
         dequant_couplings: int = 4,
         dequant_blocks: int = 2,
         dequant_context_channels: int = 32,
