@@ -2,14 +2,15 @@
 # Before/after benchmark pairs: the same `imageflows bench` rows from two checkouts, run in
 # alternating processes (A, B, A, B, ...), nothing else running. Usage:
 #   scripts/bench-ab.sh BEFORE_CHECKOUT AFTER_CHECKOUT OUT_DIR [PAIRS]
-# Writes OUT_DIR/ROW-{before,after}-N.json and prints one line per process.
+# Writes OUT_DIR/ROW-{before,after}-N.json and prints one line per process; ROWS="glow-k8 ..."
+# runs a subset.
 set -euo pipefail
 before=$1 after=$2 out=$3 pairs=${4:-3}
 mkdir -p "$out"
 glow=(--preset glow-cifar10 --set model.depth=8 --set model.hidden_channels=128 --batch-size 16)
 flowpp=(--preset flowpp-cifar10 --set model.hidden_channels=32 --set model.blocks=2 --batch-size 16)
 memsave=(--set model.memory_saving=true --repeats 3 --warmup 1)
-rows=(glow-k8 flowpp-attn glow-k4-memsave glow-k32-memsave)
+rows=(${ROWS:-glow-k8 flowpp-attn glow-k4-memsave glow-k32-memsave})
 args() {
   case $1 in
     glow-k8) echo "${glow[@]}" ;;
