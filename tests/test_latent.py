@@ -221,8 +221,7 @@ def test_interpolate_command(tmp_path: Path, capsys: pytest.CaptureFixture[str])
         assert picture.format == "PNG" and picture.width > 4 * picture.height  # 2 rows of 9
     assert cli.main([*argv[:2], "--pairs", "0:360", "--out", str(out)]) == 2
     assert "image index 360 out of range" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        cli.main([*argv[:2], "--pairs", "3-17"])
+    assert cli.main([*argv[:2], "--pairs", "3-17"]) == 2
     assert "expected pairs of image indices" in capsys.readouterr().err
 
 
