@@ -70,7 +70,9 @@ class Affine(ElementwiseMap):
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         raw_scale, shift = params.unbind(1)  # one op; its backward is one `stack`
         pre_scale = raw_scale + 2.0
-        return (x + shift) * self._scale(pre_scale), self._log_scale(pre_scale)
+        scale = self._scale(pre_scale)
+        log_scale = F.logsigmoid(pre_scale) if not self.min_scale else scale.log()  # one sigmoid
+        return (x + shift) * scale, log_scale
 
     def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         raw_scale, shift = params.unbind(1)
