@@ -173,7 +173,7 @@ def _bpd_table(records: list[dict]) -> str:
     if not rows:
         return '<p class="muted">No evaluation recorded yet.</p>'
     head = "<tr><th>step</th><th>train bits/dim</th><th>test bits/dim</th>"
-    head += "<th>max |x − decode(encode(x))|</th></tr>"
+    head += "<th>round-trip error (levels)</th></tr>"
     return f"<table>{head}{''.join(rows)}</table>"
 
 

@@ -15,7 +15,8 @@ from typing import Any
 import torch
 
 from imageflows.config import Config, ModelConfig
-from imageflows.data import ImageDataset, load_dataset, prepare
+from imageflows.data import CONVERSION_RULE, ImageDataset, load_dataset, prepare
+from imageflows.data import convert as convert_images
 from imageflows.images import save_grid
 from imageflows.latent import temperature_rows
 from imageflows.metrics import evaluate
@@ -42,9 +43,11 @@ def run_dataset(
     num_levels: int,
     data: str | None = None,
     data_dir: str | Path | None = None,
+    convert: bool = False,
 ) -> tuple[str, ImageDataset]:
     """`(name, dataset)`: split `split` of dataset `data` (default the run's own) at the
-    model's `num_levels`.
+    model's `num_levels`; with `convert`, images of another shape are brought to the model's
+    by `imageflows.data.convert`'s stated rule, else they are a `ValueError`.
 
     Without `data_dir`, the run's data folder is used for the run's own dataset only: another
     dataset needs its own folder.
@@ -52,7 +55,17 @@ def run_dataset(
     name = cfg.data.name if data is None else data
     if data_dir is None and name == cfg.data.name:
         data_dir = cfg.data.dir
-    return name, prepare(load_dataset(name, split, data_dir), num_levels)
+    dataset = load_dataset(name, split, data_dir)
+    shape = tuple(cfg.model.image_shape)
+    if dataset.image_shape == shape:
+        return name, prepare(dataset, num_levels)
+    if not convert:
+        raise ValueError(
+            f"{dataset.description} images are {'x'.join(map(str, dataset.image_shape))}, the "
+            f"model's {'x'.join(map(str, shape))}; pass --convert to resize and convert them "
+            f"({CONVERSION_RULE})"
+        )
+    return name, convert_images(dataset, shape, num_levels)
 
 
 def new_run_dir(out: str | Path) -> Path:
@@ -116,6 +129,7 @@ def evaluate_run(
     seed: int = 0,
     batch_size: int = 500,
     ema: bool = True,
+    convert: bool = False,
 ) -> dict[str, Any]:
     """Bits/dim of a run's model on a data split (see `imageflows.metrics.evaluate`).
 
@@ -130,7 +144,7 @@ def evaluate_run(
     run = Path(run)
     cfg = run_config(run)
     model = load(run, ema=ema)
-    _, dataset = run_dataset(cfg, split, model.num_levels, data, data_dir)
+    _, dataset = run_dataset(cfg, split, model.num_levels, data, data_dir, convert)
     scores = evaluate(model, dataset.images, batch_size, seed, iw_samples)
     return {
         **scores,

@@ -37,7 +37,7 @@ def test_tables_hold_one_row_per_variant(ablation: tuple[Path, dict]) -> None:
     assert result["data"] == "digits (scikit-learn)" and result["n_test"] == 360
     assert result["budget"]["steps"] == 3 and result["budget"]["batch_size"] == 16
     for row in result["rows"]:
-        assert row["steps"] == 3 and row["recon_max_abs"] == 0
+        assert row["steps"] == 3 and row["recon_max_abs"] < 0.01
         assert 0 < row["test_bpd"] < 10 and row["train_seconds"] > 0 and row["parameters"] > 0
         assert (out / row["variant"] / "checkpoints" / "step_0000003").is_dir()
     # the variational dequantizer's context network alone outweighs the one-step Glow

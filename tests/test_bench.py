@@ -72,6 +72,8 @@ def test_bench_command_json(capsys) -> None:
         "peak_rss_mib",
         "saved_for_backward_mib",
         "sample_seconds",
+        "eval_seconds",
+        "likelihood_seconds",
     ):
         assert math.isfinite(result[key]) and result[key] > 0, key
     assert result["train_images_per_s"] == 4 / result["train_step_seconds"]
@@ -84,6 +86,7 @@ def test_bench_image_shape_and_table(capsys) -> None:
     captured = capsys.readouterr()
     assert captured.out == ""  # human output goes to stderr
     assert "2 images of 3x4x4" in captured.err and "saved for backward" in captured.err
+    assert "x its likelihood pass" in captured.err
 
 
 def test_bench_rejects_bad_input(capsys) -> None:

@@ -22,7 +22,7 @@ TINY = [
     "--set", "model.depth=2", "--set", "model.hidden_channels=16", "--no-progress",
 ]  # fmt: skip
 EVAL_KEYS = {"bpd", "bpd_median", "bpd_p1", "bpd_p99", "n", "iw_samples", "roundtrip_failures"}
-EVAL_KEYS |= {"recon_max_abs", "data", "run", "step"}
+EVAL_KEYS |= {"roundtrip_failures_float32", "recon_max_abs", "data", "run", "step"}
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,8 @@ def test_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert EVAL_KEYS <= set(result)
     assert math.isfinite(result["bpd"]) and 0 < result["bpd"] < 8
     assert result["n"] == 360 and result["iw_samples"] == 1 and result["step"] == 6
-    assert result["recon_max_abs"] == 0 and "digits" in result["data"]
+    assert result["recon_max_abs"] < 0.01 and result["roundtrip_failures"] == 0
+    assert "digits" in result["data"]
     # Same EMA weights, split, seed and batches as the run's final evaluation.
     assert result["bpd"] == pytest.approx(summary["test_bpd"], abs=1e-9)
 
@@ -178,6 +179,26 @@ def test_eval_iw_samples(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> N
     result = _json(capsys)
     assert result["iw_samples"] == 2 and math.isfinite(result["bpd"]) and result["bpd"] > 0
     assert cli.main(["eval", str(run_dir), "--iw-samples", "0"]) == 2
+
+
+def test_eval_of_another_shape_needs_convert(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Colour 16x16 images against the 1x8x8 digits model: refused with a message naming
+    --convert, then evaluated after the stated conversion."""
+    for index in range(3):
+        folder = tmp_path / "test" / f"class{index % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = [(40 * index + 7 * i) % 256 for i in range(16 * 16 * 3)]
+        Image.frombytes("RGB", (16, 16), bytes(pixels)).save(folder / f"{index}.png")
+    argv = ["eval", str(run_dir), "--data", "folder", "--data-dir", str(tmp_path)]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "3x16x16" in err and "1x8x8" in err and "--convert" in err and err.count("\n") == 1
+    assert cli.main([*argv, "--convert", "--json"]) == 0
+    result = _json(capsys)
+    assert result["n"] == 3 and "as 1x8x8" in result["data"] and math.isfinite(result["bpd"])
+    assert result["roundtrip_failures"] == 0
 
 
 def test_sample_single_temperature(

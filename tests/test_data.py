@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from imageflows.data import DATASETS, ImageDataset, load_dataset, prepare, to_levels
+from imageflows.data import DATASETS, ImageDataset, convert, load_dataset, prepare, to_levels
 
 MNIST_DIR = Path("/work/shared/data/mnist")
 
@@ -305,3 +305,28 @@ def test_real_mnist() -> None:
     assert train.images.shape == (60000, 1, 28, 28) and test.images.shape == (10000, 1, 28, 28)
     assert train.labels[:5].tolist() == [5, 0, 4, 1, 9]
     assert torch.bincount(test.labels).tolist()[:2] == [980, 1135]
+
+
+def test_convert_follows_the_stated_rule() -> None:
+    """RGB → grey is Pillow's ITU-R 601-2 luma and sizes change by Pillow's bilinear resize; a
+    17-level set goes to 256 levels by round(x·255/16) first; labels are kept."""
+    generator = torch.Generator().manual_seed(0)
+    rgb = torch.randint(0, 256, (3, 3, 32, 32), generator=generator, dtype=torch.uint8)
+    data = ImageDataset(rgb, torch.tensor([0, 1, 2]), ["a", "b", "c"], 256, "RGB set")
+    grey = convert(data, (1, 28, 28), 256)
+    assert grey.images.shape == (3, 1, 28, 28) and grey.images.dtype == torch.uint8
+    by_pillow = Image.fromarray(rgb[1].permute(1, 2, 0).numpy()).convert("L")
+    by_pillow = by_pillow.resize((28, 28), Image.Resampling.BILINEAR)
+    assert torch.equal(grey.images[1, 0], torch.from_numpy(np.array(by_pillow)))
+    assert torch.equal(grey.labels, data.labels) and "1x28x28" in grey.description
+    # a power-of-two level count is reached by x >> (8 - b), as `to_levels`
+    assert torch.equal(convert(data, (1, 28, 28), 32).images, grey.images >> 3)
+    digits = ImageDataset(
+        torch.tensor([[[[0, 8], [16, 4]]]], dtype=torch.uint8), torch.tensor([0]), ["0"], 17, "d"
+    )
+    up = convert(digits, (3, 2, 2), 256)
+    assert up.images[0, :, 0, 1].tolist() == [128, 128, 128]  # round(8·255/16) = 127.5 → 128
+    assert up.images[0, 0].tolist() == [[0, 128], [255, 64]]
+    assert convert(up, (1, 2, 2), 17).images[0, 0].tolist() == [[0, 8], [16, 4]]
+    with pytest.raises(ValueError, match="channels"):
+        convert(data, (2, 28, 28), 256)

@@ -126,7 +126,7 @@ def test_evaluation_is_shared_out_exactly(ddp_run: Path) -> None:
     alone = evaluate(run.model, test_images[:EVAL_IMAGES], EVAL_BATCH, seed=0)
     assert results[0] == results[1]
     assert results[0]["n"] == alone["n"] == EVAL_IMAGES
-    assert results[0]["recon_max_abs"] == alone["recon_max_abs"] == 0
+    assert results[0]["recon_max_abs"] == alone["recon_max_abs"] < 0.01
     assert results[0]["bpd"] == pytest.approx(alone["bpd"], rel=1e-12)
 
 

@@ -10,6 +10,7 @@ import torch
 
 import imageflows as imf
 from imageflows.metrics import batch_seed, bits_per_dim, evaluate, importance_weighted_log_prob
+from imageflows.nets import ZeroConv2d
 
 
 class TwoDraws(torch.nn.Module):
@@ -51,7 +52,7 @@ def test_evaluate_one_draw_equals_log_prob_and_more_draws_tighten() -> None:
         ]
     )
     assert one["bpd"] == pytest.approx(bits_per_dim(by_hand, 64).mean().item(), rel=1e-6)
-    assert one["recon_max_abs"] == 0 and one["n"] == 12 and one["iw_samples"] == 1
+    assert one["recon_max_abs"] < 1e-3 and one["n"] == 12 and one["iw_samples"] == 1
     per_image = bits_per_dim(by_hand.double(), 64)
     p1, median, p99 = torch.quantile(per_image, torch.tensor([0.01, 0.5, 0.99]).double())
     assert one["bpd_median"] == pytest.approx(median.item(), rel=1e-6)
@@ -85,18 +86,54 @@ def test_each_batch_has_its_own_noise_so_shards_add_up() -> None:
     assert evaluate(model, images, batch_size=4, seed=6)["bpd"] != whole["bpd"]
 
 
-def test_evaluate_counts_the_images_whose_round_trip_fails(monkeypatch) -> None:
+def test_evaluate_counts_float32_failures_and_rechecks_them_in_float64() -> None:
+    """A paper-form Glow whose first-level couplings contract by sigmoid(−12) ≈ 6e-6 each:
+    float32's rounding, amplified by the inverse, breaks every round trip; float64 does not."""
+    torch.manual_seed(0)
+    model = imf.Glow((1, 8, 8), levels=2, depth=2, hidden_channels=8, num_levels=17, min_scale=0.0)
+    images = torch.randint(0, 17, (12, 1, 8, 8), dtype=torch.uint8)
+    model.initialize(images)
+    assert evaluate(model, images, batch_size=5)["roundtrip_failures_float32"] == 0
+    with torch.no_grad():
+        for name, module in model.flow.named_modules():
+            if isinstance(module, ZeroConv2d) and name.startswith("layers.1.layers.1."):
+                module.conv.bias.fill_(-14.0)  # h = −14: s = sigmoid(h + 2)
+    result = evaluate(model, images, batch_size=5)
+    assert result["roundtrip_failures_float32"] == 12 and result["recon_max_abs"] > 0.5
+    assert result["roundtrip_failures"] == 0  # the float64 re-check
+    assert next(model.parameters()).dtype == torch.float32  # the model itself is untouched
+
+
+def test_evaluate_checks_the_round_trip_at_the_likelihoods_own_points(monkeypatch) -> None:
+    """One forward pass per batch and draw (no separate encode), one inverse per batch; the
+    float64 re-check runs only where float32 fails."""
     torch.manual_seed(0)
     model = imf.Glow((1, 8, 8), levels=2, depth=1, hidden_channels=8, num_levels=17)
-    images = torch.randint(0, 16, (12, 1, 8, 8), dtype=torch.uint8)
+    images = torch.randint(0, 17, (12, 1, 8, 8), dtype=torch.uint8)
     model.initialize(images)
-    decode = model.decode
+    calls = {"forward": 0, "inverse": 0}
+    forward, inverse = model.flow.forward, model.flow.inverse
 
-    def off_by_one_on_two_images(eps: torch.Tensor) -> torch.Tensor:
-        x = decode(eps)
-        x[:2, 0, 0, 0] += 1  # the first two images of every batch
-        return x
+    def counted(name, function):
+        def call(*args, **kwargs):
+            calls[name] += 1
+            return function(*args, **kwargs)
 
-    monkeypatch.setattr(model, "decode", off_by_one_on_two_images)
-    result = evaluate(model, images, batch_size=5)
-    assert result["roundtrip_failures"] == 6 and result["recon_max_abs"] == 1
+        return call
+
+    monkeypatch.setattr(model.flow, "forward", counted("forward", forward))
+    monkeypatch.setattr(model.flow, "inverse", counted("inverse", inverse))
+    result = evaluate(model, images, batch_size=5, iw_samples=2)
+    assert calls == {"forward": 6, "inverse": 3}  # 3 batches x 2 draws; 3 inverses
+    assert result["roundtrip_failures"] == result["roundtrip_failures_float32"] == 0
+    assert 0 < result["recon_max_abs"] < 1e-3
+
+
+def test_a_float64_model_is_its_own_exact_check() -> None:
+    torch.manual_seed(0)
+    model = imf.Glow((1, 8, 8), levels=2, depth=1, hidden_channels=8, num_levels=17).double()
+    images = torch.randint(0, 17, (6, 1, 8, 8), dtype=torch.uint8)
+    model.initialize(images)
+    result = evaluate(model, images)
+    assert result["roundtrip_failures"] == result["roundtrip_failures_float32"] == 0
+    assert result["recon_max_abs"] < 1e-9

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from imageflows.bench.timing import check_device, describe_device, time_calls
 from imageflows.config import Config
 from imageflows.hardware import describe_cpu_bf16
+from imageflows.metrics import evaluate
 from imageflows.models import FlowModel, build_model, freeze
 from imageflows.train.step import batch_bpd, make_optimizer, train_step
 
@@ -90,6 +91,29 @@ def time_sampling(
         )
 
 
+def time_eval(
+    model: FlowModel, images: Tensor, repeats: int = 10, warmup: int = 3
+) -> tuple[list[float], list[float]]:
+    """Seconds of `repeats` calls each of `imageflows.metrics.evaluate` on uint8 `images` (one
+    batch) and of its likelihood pass alone (`model.log_prob` under no_grad, eval mode),
+    alternating, after `warmup` of each."""
+    model.eval()
+    device = images.device
+
+    def likelihood() -> None:
+        with torch.no_grad():
+            model.log_prob(images, generator=torch.Generator(device).manual_seed(0))
+
+    def whole() -> None:
+        evaluate(model, images, batch_size=len(images))
+
+    time_calls(likelihood, 0, warmup, device)
+    time_calls(whole, 0, warmup, device)
+    pairs = [(time_calls(likelihood, 1, 0, device)[0], time_calls(whole, 1, 0, device)[0])
+             for _ in range(repeats)]  # fmt: skip
+    return [w for _, w in pairs], [lk for lk, _ in pairs]
+
+
 def roundtrip_max_abs(model: nn.Module, x: Tensor) -> int:
     """Largest |x - decode(encode(x))| over the uint8 batch `x`; 0 when the flow is exact."""
     model.eval()
@@ -140,7 +164,9 @@ def run_bench(
     `repeats`), `peak_rss_mib` (after the training steps), `peak_cuda_mib` (CUDA only),
     `saved_for_backward_mib`, `sample_seconds` (median time to sample `sample_n` images at
     T=1 from the model's inference copy, `freeze`, as `imageflows sample` does),
-    `roundtrip_max_abs`, plus the device, torch version, threads and configuration.
+    `roundtrip_max_abs`, `eval_seconds` and `likelihood_seconds` (medians of `time_eval` on
+    the batch: `imageflows eval`'s work and its likelihood pass alone), plus the device, torch
+    version, threads and configuration.
     """
     if batch_size < 1 or repeats < 1 or warmup < 0 or sample_n < 1 or threads < 1:
         raise ValueError(
@@ -184,6 +210,9 @@ def run_bench(
             time_sampling(freeze(model), sample_n, 1.0, repeats, warmup)
         )
         result["roundtrip_max_abs"] = roundtrip_max_abs(model, x)
+        eval_seconds, likelihood_seconds = time_eval(model, x, repeats, warmup)
+        result["eval_seconds"] = statistics.median(eval_seconds)
+        result["likelihood_seconds"] = statistics.median(likelihood_seconds)
         return result
     finally:
         torch.set_num_threads(previous_threads)
@@ -213,6 +242,13 @@ def format_table(result: dict[str, Any]) -> str:
         ("saved for backward", f"{result['saved_for_backward_mib']:.1f} MiB per training forward"),
         ("sampling", f"{result['sample_seconds']:.4g} s for {result['sample_n']} images at T=1"),
         ("decode(encode(x))", f"max |error| {result['roundtrip_max_abs']}"),
+        (
+            "eval",
+            f"{result['eval_seconds']:.4g} s for the batch = "
+            f"{result['eval_seconds'] / result['likelihood_seconds']:.2f}x its likelihood pass "
+            f"({result['likelihood_seconds']:.4g} s; `imageflows eval`'s bits/dim and round "
+            "trips)",
+        ),
     ]
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .cifar10 import load_cifar10
+from .convert import CONVERSION_RULE, convert
 from .dataset import ImageDataset, prepare, to_levels
 from .digits import load_digits, load_mnist
 from .folder import IMAGE_SUFFIXES, folder_files, load_folder
@@ -26,11 +27,13 @@ LOADERS: dict[str, Callable[[str, Path], ImageDataset]] = {
 DATASETS = tuple(LOADERS)
 
 __all__ = [
+    "CONVERSION_RULE",
     "DATASETS",
     "IMAGE_SUFFIXES",
     "LOADERS",
     "SPLITS",
     "ImageDataset",
+    "convert",
     "folder_files",
     "load_dataset",
     "prepare",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -35,6 +36,14 @@ def evaluating(module: nn.Module) -> Iterator[None]:
         yield
     finally:
         module.train(was_training)
+
+
+class DequantizedLogProb(NamedTuple):
+    """One draw of the bound: `log_prob` `[B]` nats, at y `[B, C, H, W]` with latents eps."""
+
+    log_prob: Tensor
+    y: Tensor
+    eps: Tensor
 
 
 class FlowModel(nn.Module):
@@ -119,14 +128,22 @@ class FlowModel(nn.Module):
 
     def log_prob(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """The dequantization bound of DESIGN §1 in nats, `[B]`, with one draw of u."""
+        return self.dequantized_log_prob(x, generator).log_prob
+
+    def dequantized_log_prob(
+        self, x: Tensor, generator: torch.Generator | None = None
+    ) -> DequantizedLogProb:
+        """`log_prob` with the points it was taken at: y = (x + u)/N, u ~ q(u|x), and
+        eps = flow(y), so a caller can check the flow's inverse there without another pass."""
         self.check_images(x)
         dtype, device = self._float()
         y, log_q = self.dequantizer(x.to(device), self.num_levels, dtype, generator)
         eps, logdet = self.flow(y)
         log_pz = standard_normal_log_prob(eps.to(dtype))
-        return (
+        log_prob = (
             log_pz + logdet.to(dtype) - log_q.to(dtype) - self.num_dims * math.log(self.num_levels)
         )
+        return DequantizedLogProb(log_prob, y, eps)
 
     @torch.no_grad()
     def encode(self, x: Tensor) -> Tensor:

@@ -191,19 +191,22 @@ def sharded_evaluate(
     process and up to float64 summation order on several.
 
     Returns:
-        `{"bpd", "n", "iw_samples", "roundtrip_failures", "recon_max_abs"}` over all images,
+        `{"bpd", "n", "iw_samples", "roundtrip_failures", "roundtrip_failures_float32",
+        "recon_max_abs"}` over all images,
         the same on every rank (one process: `evaluate`'s result, percentiles included).
     """
     result = evaluate(model, images, batch_size, seed, shard=(env.rank, env.world_size))
     if not env.distributed:
         return result
     bits = result["bpd"] * result["n"] if result["n"] else 0.0
-    bits, count, failures = all_reduce([bits, result["n"], result["roundtrip_failures"]], env)
+    counts = [result["n"], result["roundtrip_failures"], result["roundtrip_failures_float32"]]
+    bits, count, failures, fast_failures = all_reduce([bits, *counts], env)
     (recon,) = all_reduce([result["recon_max_abs"]], env, op="max")
     return {
         "bpd": bits / count,
         "n": int(count),
         "iw_samples": 1,
         "roundtrip_failures": int(failures),
-        "recon_max_abs": int(recon),
+        "roundtrip_failures_float32": int(fast_failures),
+        "recon_max_abs": float(recon),
     }
