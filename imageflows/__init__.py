@@ -2,7 +2,7 @@
 
 from . import layers, nets
 from .config import Config, ConfigError
-from .metrics import bits_per_dim, evaluate
+from .metrics import bits_per_dim, evaluate, score_images
 from .models import (
     PRESETS,
     FlowModel,
@@ -29,4 +29,5 @@ __all__ = [
     "load",
     "nets",
     "preset_config",
+    "score_images",
 ]

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-from imageflows.models.base import FlowModel
+from imageflows.models.base import FlowModel, evaluating
 
 
 def bits_per_dim(log_prob: Tensor, num_dims: int) -> Tensor:
@@ -37,40 +38,41 @@ def batch_seed(seed: int, index: int) -> int:
     return seed * 1_000_003 + index
 
 
+class ImageScores(NamedTuple):
+    """Per-image results of `score_images`, in the order of `index` (the images scored)."""
+
+    index: Tensor  # [n] int64: positions in the images given
+    bpd: Tensor  # [n] float64: bits/dim of the bound, importance-weighted over the draws
+    roundtrip_error: Tensor  # [n] float64: |N·(flow⁻¹(flow(y)) − y)| in levels, model's dtype
+    roundtrip_failed: Tensor  # [n] bool: still ≥ ½ level in float64
+
+
 @torch.no_grad()
-def evaluate(
+def score_images(
     model: FlowModel,
     images: Tensor,
     batch_size: int = 500,
     seed: int = 0,
     iw_samples: int = 1,
     shard: tuple[int, int] = (0, 1),
-) -> dict:
-    """Bits/dim and reconstruction error of `model` on uint8 `images` `[N, C, H, W]`.
+) -> ImageScores:
+    """Bits/dim and round-trip error of each of the uint8 `images` `[N, C, H, W]`.
 
-    `bpd` is the mean over images of the bound of DESIGN §1, importance-weighted over
-    `iw_samples` draws of u. The images go in batches of `batch_size`, in order, and batch `i`
-    draws its noise from a generator seeded `batch_seed(seed, i)`: the one rule of training's
-    periodic evaluation and of `imageflows eval`, so the same weights, images, seed and batch
-    size give the same number, however the batches are shared out. `shard=(rank, world_size)`
-    evaluates only the batches `i ≡ rank (mod world_size)`. Beside the mean (the papers'
-    figure) come the median and the 1st and 99th percentiles of the per-image bits/dim, which a
-    few images far from the data cannot swamp.
+    The bits/dim are the bound of DESIGN §1, importance-weighted over `iw_samples` draws of u.
+    The images go in batches of `batch_size`, in order, and batch `i` draws its noise from a
+    generator seeded `batch_seed(seed, i)`: the one rule of training's periodic evaluation and
+    of `imageflows eval`, so the same weights, images, seed and batch size give the same
+    numbers, however the batches are shared out. `shard=(rank, world_size)` scores only the
+    batches `i ≡ rank (mod world_size)`.
 
     The round trip is checked where the likelihood was taken, at no second forward pass: the
-    first draw's y = (x + u)/N and eps = flow(y) give ŷ = flow⁻¹(eps), and
-    `recon_max_abs` is the largest |N·(ŷ − y)| in levels (capped at N; NaN counts as N).
-    `roundtrip_failures_float32` counts the images where it reaches ½ somewhere: the margin
-    that decode(encode(x)) = ⌊N·flow⁻¹(flow((x + ½)/N))⌋ = x has at the cell's centre, here
-    asked at random points of the cell. Those images alone are checked again in float64 (a
-    float64 copy of the model, made only when one fails): `roundtrip_failures` counts the ones
-    that fail there too, the round trip `imageflows encode`/`decode` (float64) give. Runs in
-    eval mode and the parameters' dtype (float32 in every trained run), autocast off.
-
-    Returns:
-        `{"bpd", "bpd_median", "bpd_p1", "bpd_p99", "n", "iw_samples", "roundtrip_failures",
-        "roundtrip_failures_float32", "recon_max_abs"}` over the shard's images (the
-        bits/dim are NaN for a shard without images).
+    first draw's y = (x + u)/N and eps = flow(y) give ŷ = flow⁻¹(eps), and `roundtrip_error`
+    is max |N·(ŷ − y)| in levels (capped at N; NaN counts as N). Where it reaches ½ (the
+    margin that decode(encode(x)) = ⌊N·flow⁻¹(flow((x + ½)/N))⌋ = x has at the cell's
+    centre, here asked at random points of the cell), the image is checked again in float64
+    (a float64 copy of the model, made only when one fails): `roundtrip_failed` marks the
+    images that fail there too, the round trip `imageflows encode`/`decode` (float64) give.
+    Runs in eval mode and the parameters' dtype (float32 in every trained run), autocast off.
     """
     if not isinstance(images, Tensor) or images.dtype != torch.uint8 or images.dim() != 4:
         raise TypeError(
@@ -86,43 +88,66 @@ def evaluate(
         )
     rank, world_size = shard
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    bits, failures, fast_failures, recon = [], 0, 0, 0.0
     exact: FlowModel | None = model if next(model.parameters()).dtype == torch.float64 else None
-    try:
-        with torch.autocast(device.type, enabled=False):
-            batches = images.split(batch_size)
-            for i in range(rank, len(batches), world_size):
-                x = batches[i].to(device)
-                generator = torch.Generator(device).manual_seed(batch_seed(seed, i))
-                first = model.dequantized_log_prob(x, generator)
-                further = [model.log_prob(x, generator) for _ in range(iw_samples - 1)]
-                log_prob = log_mean_exp([first.log_prob, *further])
-                bits.append(bits_per_dim(log_prob, model.num_dims).cpu())
-                error = reconstruction_error(model, first.y, first.eps)
-                recon = max(recon, float(error.max()))
-                failed = error >= 0.5
-                fast_failures += int(failed.sum())
-                if failed.any():
-                    exact = exact or copy.deepcopy(model).double()
-                    y = first.y[failed].double()
-                    still = reconstruction_error(exact, y, exact.flow(y)[0]) >= 0.5
-                    failures += int(still.sum())
-    finally:
-        model.train(was_training)
-    per_image = torch.cat(bits) if bits else torch.full((1,), math.nan, dtype=torch.float64)
+    index, bits, errors, failed = [], [], [], []
+    with torch.autocast(device.type, enabled=False), evaluating(model):
+        batches = images.split(batch_size)
+        for i in range(rank, len(batches), world_size):
+            x = batches[i].to(device)
+            generator = torch.Generator(device).manual_seed(batch_seed(seed, i))
+            first = model.dequantized_log_prob(x, generator)
+            further = [model.log_prob(x, generator) for _ in range(iw_samples - 1)]
+            bits.append(bits_per_dim(log_mean_exp([first.log_prob, *further]), model.num_dims))
+            error = reconstruction_error(model, first.y, first.eps)
+            still = error >= 0.5
+            if still.any():
+                exact = exact or copy.deepcopy(model).double()
+                y = first.y[still].double()
+                still[still.clone()] = reconstruction_error(exact, y, exact.flow(y)[0]) >= 0.5
+            index.append(torch.arange(i * batch_size, i * batch_size + len(x)))
+            errors.append(error)
+            failed.append(still)
+    if not index:
+        empty = torch.zeros(0, dtype=torch.float64)
+        return ImageScores(torch.zeros(0, dtype=torch.long), empty, empty, empty.bool())
+    return ImageScores(*(torch.cat(part).cpu() for part in (index, bits, errors, failed)))
+
+
+def evaluate(
+    model: FlowModel,
+    images: Tensor,
+    batch_size: int = 500,
+    seed: int = 0,
+    iw_samples: int = 1,
+    shard: tuple[int, int] = (0, 1),
+) -> dict:
+    """Bits/dim and round trips of `model` on uint8 `images`: `score_images` summarised.
+
+    `bpd` is the mean over images (the papers' figure); beside it come the median and the 1st
+    and 99th percentiles of the per-image bits/dim, which a few images far from the data
+    cannot swamp. `recon_max_abs` is the largest `roundtrip_error` (levels, model's dtype),
+    `roundtrip_failures_float32` the number of images where it reaches ½ and
+    `roundtrip_failures` the number that fail in float64 too.
+
+    Returns:
+        `{"bpd", "bpd_median", "bpd_p1", "bpd_p99", "n", "iw_samples", "roundtrip_failures",
+        "roundtrip_failures_float32", "recon_max_abs"}` over the shard's images (the
+        bits/dim are NaN for a shard without images).
+    """
+    scores = score_images(model, images, batch_size, seed, iw_samples, shard)
+    n = len(scores.index)
+    per_image = scores.bpd if n else torch.full((1,), math.nan, dtype=torch.float64)
     p1, median, p99 = torch.quantile(per_image, per_image.new_tensor([0.01, 0.5, 0.99])).tolist()
     return {
         "bpd": per_image.mean().item(),
         "bpd_median": median,
         "bpd_p1": p1,
         "bpd_p99": p99,
-        "n": sum(len(b) for b in bits),
+        "n": n,
         "iw_samples": iw_samples,
-        "roundtrip_failures": failures,
-        "roundtrip_failures_float32": fast_failures,
-        "recon_max_abs": recon,
+        "roundtrip_failures": int(scores.roundtrip_failed.sum()),
+        "roundtrip_failures_float32": int((scores.roundtrip_error >= 0.5).sum()),
+        "recon_max_abs": float(scores.roundtrip_error.max()) if n else 0.0,
     }
 
 
