@@ -19,7 +19,7 @@ from typing import NoReturn
 
 from imageflows.allocator import keep_freed_memory
 
-from . import explore, measure, runs
+from . import explore, measure, ood, runs
 from .arguments import Handler
 
 __all__ = ["build_parser", "main"]
@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
         return subcommand
 
-    for group in (runs, measure, explore):
+    for group in (runs, measure, explore, ood):
         group.add_commands(command)
     return parser
 
