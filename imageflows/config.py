@@ -54,6 +54,10 @@ class ModelConfig:
     attention: bool = _only("flowpp", True)  # self-attention in the conditioners (off: 1x1)
     dropout: float = _only("flowpp", 0.2)  # dropout probability inside the conditioners
     memory_saving: bool = False  # back-propagate through inverses: memory constant in depth
+    num_classes: int = 0  # K > 0: class-conditional p(x|y) on the data's K classes; 0: p(x)
+    # where the class enters: "prior" | "coupling" | "both"; none: glow "prior", flowpp "coupling"
+    class_conditioning: str | None = None
+    class_loss_weight: float = _only("glow", 0.01)  # classifier on the top latent (ycond); 0: none
 
     def __post_init__(self) -> None:
         _check_model_type(self.type)

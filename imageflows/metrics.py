@@ -45,6 +45,9 @@ class ImageScores(NamedTuple):
     bpd: Tensor  # [n] float64: bits/dim of the bound, importance-weighted over the draws
     roundtrip_error: Tensor  # [n] float64: |N·(flow⁻¹(flow(y)) − y)| in levels, model's dtype
     roundtrip_failed: Tensor  # [n] bool: still ≥ ½ level in float64
+    # class-conditional models only (else None), at the first draw's noise:
+    predicted: Tensor | None = None  # [n] int64: the Bayes classifier's argmax_c log p(x|c)
+    bpd_marginal: Tensor | None = None  # [n] float64: of log p(x) = logsumexp_c log p(x|c) − log K
 
 
 @torch.no_grad()
@@ -55,6 +58,7 @@ def score_images(
     seed: int = 0,
     iw_samples: int = 1,
     shard: tuple[int, int] = (0, 1),
+    labels: Tensor | None = None,
 ) -> ImageScores:
     """Bits/dim and round-trip error of each of the uint8 `images` `[N, C, H, W]`.
 
@@ -73,6 +77,10 @@ def score_images(
     (a float64 copy of the model, made only when one fails): `roundtrip_failed` marks the
     images that fail there too, the round trip `imageflows encode`/`decode` (float64) give.
     Runs in eval mode and the parameters' dtype (float32 in every trained run), autocast off.
+
+    A class-conditional model takes the images' `labels` (int64 `[N]`): the bits/dim are then
+    of log p(x|y), and each image is also classified by Bayes' rule (`model.classify`, at the
+    first draw's noise), giving `predicted` and the marginal `bpd_marginal`.
     """
     if not isinstance(images, Tensor) or images.dtype != torch.uint8 or images.dim() != 4:
         raise TypeError(
@@ -89,28 +97,43 @@ def score_images(
     rank, world_size = shard
     device = next(model.parameters()).device
     exact: FlowModel | None = model if next(model.parameters()).dtype == torch.float64 else None
-    index, bits, errors, failed = [], [], [], []
+    index, bits, errors, failed, predicted, marginal = [], [], [], [], [], []
     with torch.autocast(device.type, enabled=False), evaluating(model):
         batches = images.split(batch_size)
+        label_batches = [None] * len(batches) if labels is None else labels.split(batch_size)
         for i in range(rank, len(batches), world_size):
-            x = batches[i].to(device)
+            x, batch_labels = batches[i].to(device), label_batches[i]
+            cond = model.class_cond(batch_labels, len(x))
+            if model.num_classes:
+                generator = torch.Generator(device).manual_seed(batch_seed(seed, i))
+                log_probs = model.class_log_probs(x, generator)  # (B, K)
+                predicted.append(log_probs.argmax(dim=1))
+                marginal_log_prob = log_mean_exp(list(log_probs.T))
+                marginal.append(bits_per_dim(marginal_log_prob, model.num_dims))
             generator = torch.Generator(device).manual_seed(batch_seed(seed, i))
-            first = model.dequantized_log_prob(x, generator)
-            further = [model.log_prob(x, generator) for _ in range(iw_samples - 1)]
+            first = model.dequantized_log_prob(x, generator, labels=batch_labels)
+            further = [model.log_prob(x, batch_labels, generator) for _ in range(iw_samples - 1)]
             bits.append(bits_per_dim(log_mean_exp([first.log_prob, *further]), model.num_dims))
-            error = reconstruction_error(model, first.y, first.eps)
+            error = reconstruction_error(model, first.y, first.eps, cond)
             still = error >= 0.5
             if still.any():
                 exact = exact or copy.deepcopy(model).double()
                 y = first.y[still].double()
-                still[still.clone()] = reconstruction_error(exact, y, exact.flow(y)[0]) >= 0.5
+                c = None if cond is None else cond[still].double()
+                still[still.clone()] = (
+                    reconstruction_error(exact, y, exact.flow(y, c)[0], c) >= 0.5
+                )
             index.append(torch.arange(i * batch_size, i * batch_size + len(x)))
             errors.append(error)
             failed.append(still)
-    if not index:
-        empty = torch.zeros(0, dtype=torch.float64)
-        return ImageScores(torch.zeros(0, dtype=torch.long), empty, empty, empty.bool())
-    return ImageScores(*(torch.cat(part).cpu() for part in (index, bits, errors, failed)))
+    if not index:  # a shard without images
+        index, bits, errors, failed = [[torch.zeros(0, dtype=t)] for t in _SCORE_DTYPES]
+        predicted, marginal = [torch.zeros(0, dtype=torch.long)], [torch.zeros(0).double()]
+    parts = [index, bits, errors, failed] + ([predicted, marginal] if model.num_classes else [])
+    return ImageScores(*(torch.cat(part).cpu() for part in parts))
+
+
+_SCORE_DTYPES = (torch.long, torch.float64, torch.float64, torch.bool)
 
 
 def evaluate(
@@ -120,6 +143,7 @@ def evaluate(
     seed: int = 0,
     iw_samples: int = 1,
     shard: tuple[int, int] = (0, 1),
+    labels: Tensor | None = None,
 ) -> dict:
     """Bits/dim and round trips of `model` on uint8 `images`: `score_images` summarised.
 
@@ -129,12 +153,17 @@ def evaluate(
     `roundtrip_failures_float32` the number of images where it reaches ½ and
     `roundtrip_failures` the number that fail in float64 too.
 
+    A class-conditional model takes the images' `labels`: `bpd` and its percentiles are then
+    the conditional bits/dim of log p(x|y_true), and two keys are added: `accuracy`, the
+    fraction of images that the Bayes classifier (`model.classify`) gets right, and
+    `bpd_marginal`, the mean bits/dim of log p(x) = logsumexp_c log p(x|c) − log K.
+
     Returns:
         `{"bpd", "bpd_median", "bpd_p1", "bpd_p99", "n", "iw_samples", "roundtrip_failures",
-        "roundtrip_failures_float32", "recon_max_abs"}` over the shard's images (the
-        bits/dim are NaN for a shard without images).
+        "roundtrip_failures_float32", "recon_max_abs"}` (and `"accuracy", "bpd_marginal"`)
+        over the shard's images (the bits/dim are NaN for a shard without images).
     """
-    scores = score_images(model, images, batch_size, seed, iw_samples, shard)
+    scores = score_images(model, images, batch_size, seed, iw_samples, shard, labels)
     n = len(scores.index)
     per_image = scores.bpd if n else torch.full((1,), math.nan, dtype=torch.float64)
     p1, median, p99 = torch.quantile(per_image, per_image.new_tensor([0.01, 0.5, 0.99])).tolist()
@@ -148,12 +177,26 @@ def evaluate(
         "roundtrip_failures": int(scores.roundtrip_failed.sum()),
         "roundtrip_failures_float32": int((scores.roundtrip_error >= 0.5).sum()),
         "recon_max_abs": float(scores.roundtrip_error.max()) if n else 0.0,
+    } | (_class_figures(scores, labels) if scores.predicted is not None else {})
+
+
+def _class_figures(scores: ImageScores, labels: Tensor) -> dict:
+    """`accuracy` and `bpd_marginal` of a class-conditional model's scores (NaN: no images)."""
+    if not len(scores.index):
+        return {"accuracy": math.nan, "bpd_marginal": math.nan}
+    correct = scores.predicted == labels.cpu()[scores.index]
+    return {
+        "accuracy": correct.double().mean().item(),
+        "bpd_marginal": scores.bpd_marginal.mean().item(),
     }
 
 
-def reconstruction_error(model: FlowModel, y: Tensor, eps: Tensor) -> Tensor:
+def reconstruction_error(
+    model: FlowModel, y: Tensor, eps: Tensor, cond: Tensor | None = None
+) -> Tensor:
     """max over dimensions of |N·(flow⁻¹(eps) − y)| per image, in levels, `[B]`, capped at N
-    (a non-finite reconstruction counts as N): how far the flow's inverse lands from y."""
-    y_hat = model.flow.inverse(eps)[0]
+    (a non-finite reconstruction counts as N): how far the flow's inverse lands from y (given
+    the class embedding `cond` of a class-conditional model)."""
+    y_hat = model.flow.inverse(eps, cond)[0]
     error = ((y_hat.double() - y.double()) * model.num_levels).abs().flatten(1).amax(1)
     return error.nan_to_num(nan=model.num_levels).clamp(max=model.num_levels)

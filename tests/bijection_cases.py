@@ -42,7 +42,8 @@ class Case:
     `build` makes the layer (float32, freshly initialised); `shape` is one example's input
     (C, H, W); `x` and `z` sample the forward and the inverse direction's inputs (`z` is shaped
     like the forward's output); `cond_channels` > 0 gives the layer a `cond` of shape
-    (cond_channels, H, cond_width or W); `train` runs it in training mode (dropout: every call is
+    (cond_channels, H, cond_width or W), or with `cond_vector` a class-embedding-like `cond` of
+    shape (cond_channels,); `train` runs it in training mode (dropout: every call is
     preceded by the same `torch.manual_seed`); `prepare` moves the randomised parameters where a
     case wants them (e.g. a mixture's tails); `tol` is the round trip's tolerance; `noise` the
     standard deviation added to every parameter (smaller for deep chains, whose conditioning
@@ -56,6 +57,7 @@ class Case:
     z: Sampler = normal
     cond_channels: int = 0
     cond_width: int | None = None
+    cond_vector: bool = False
     train: bool = False
     prepare: Callable[[L.Bijection], None] | None = None
     tol: float = 1e-10
@@ -76,6 +78,8 @@ def make_cond(case: Case, batch: int, seed: int = 7) -> Tensor | None:
         return None
     _, h, w = case.shape
     g = torch.Generator().manual_seed(seed)
+    if case.cond_vector:
+        return normal((batch, case.cond_channels), g)
     return normal((batch, case.cond_channels, h, case.cond_width or w), g)
 
 
@@ -122,7 +126,7 @@ def assert_flow_matches_brute_force(flow: L.Bijection, y: Tensor) -> None:
 def glow_coupling(transform: L.ElementwiseMap, channels: int = 4, cond: int = 0) -> L.Coupling:
     """Glow's coupling on channel halves; a `cond` of `cond` channels is concatenated to x_id."""
     c_id, c_tr = channels // 2, channels - channels // 2
-    return L.Coupling(GlowConditioner(c_id + cond, transform.num_params * c_tr, 8), transform)
+    return L.Coupling(GlowConditioner(c_id, transform.num_params * c_tr, 8, cond), transform)
 
 
 def flowpp_coupling(
@@ -165,10 +169,15 @@ def flowpp_step(
     return L.Sequential(steps.flowpp_step(shape, "cb", transform, "conv1x1", net))
 
 
-def multiscale_glow(permutation: str) -> MultiScaleFlow:
+def multiscale_glow(permutation: str, cond: int = 0) -> MultiScaleFlow:
     """Glow's multi-scale flow of two levels of one step: squeeze, step, split prior,
-    factor-out, top prior, unsqueeze."""
-    return MultiScaleFlow(1, 2, 1, lambda c: steps.glow_step(c, 4, "affine", permutation))
+    factor-out, top prior, unsqueeze; with `cond` K > 0, the couplings and the top prior are
+    conditioned on a `[B, K]` class embedding."""
+
+    def step(c: int) -> list[L.Bijection]:
+        return steps.glow_step(c, 4, "affine", permutation, cond_channels=cond)
+
+    return MultiScaleFlow(1, 2, 1, step, cond_features=cond)
 
 
 def mixture_tail_case(
@@ -267,6 +276,36 @@ CASES = [
     # priors and the multi-scale combinator
     Case("split_prior", lambda: L.Coupling(ZeroConv2d(2, 2 * 2), L.Standardize()), (4, 3, 3)),
     Case("learned_prior", lambda: L.LearnedPrior(3), (3, 2, 2)),
+    # class-conditional layers: cond is a [B, K] class embedding (one-hot y in the models)
+    Case(
+        "learned_prior_class_cond",
+        lambda: L.LearnedPrior(3, cond_features=4),
+        (3, 2, 2),
+        cond_channels=4,
+        cond_vector=True,
+    ),
+    Case(
+        "coupling_affine_class_cond",
+        lambda: glow_coupling(L.Affine(), cond=3),
+        (4, 2, 2),
+        cond_channels=3,
+        cond_vector=True,
+    ),
+    Case(
+        "coupling_mixture_class_cond",
+        lambda: flowpp_coupling(L.MixtureCDF(2), (2, 2, 4), cond=3),
+        (2, 2, 4),
+        cond_channels=3,
+        cond_vector=True,
+    ),
+    Case(
+        "multiscale_glow_class_cond",
+        lambda: multiscale_glow("conv1x1_lu", cond=2),
+        (1, 4, 4),
+        cond_channels=2,
+        cond_vector=True,
+        noise=0.05,
+    ),
     Case("factor_out", lambda: L.FactorOut(L.InvConv1x1(2)), (4, 2, 2)),
     # combinators
     Case(

@@ -14,20 +14,35 @@ class LearnedPrior(Bijection):
     """Learned per-channel Gaussian prior written as a bijection: eps = (z − μ) · exp(−log σ).
 
     Glow's `learntop` (openai/glow): μ and log σ start at zero, so the prior starts as N(0, I).
-    Shapes: z, eps `[B, C, H, W]`; logdet `[B]`.
+    With `cond_features` K > 0 it is openai/glow's `ycond` prior (Glow section 5): a
+    zero-initialised linear map of the class embedding `cond` `[B, K]` (one-hot y) is added,
+    (μ, log σ) = learntop + W · cond, per channel.
+    Shapes: z, eps `[B, C, H, W]`; cond `[B, K]`; logdet `[B]`.
     """
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, cond_features: int = 0) -> None:
         super().__init__()
         self.params = nn.Parameter(torch.zeros(1, Standardize.num_params, channels, 1, 1))
+        self.cond_proj = nn.Linear(cond_features, self.params.numel()) if cond_features else None
+        if self.cond_proj is not None:
+            nn.init.zeros_(self.cond_proj.weight)
+            nn.init.zeros_(self.cond_proj.bias)
         self.standardize = Standardize()
 
+    def prior_params(self, cond: Tensor | None) -> Tensor:
+        """(μ, log σ) `[1|B, 2, C, 1, 1]`: learntop, plus W · cond if class-conditional."""
+        if self.cond_proj is None:
+            return self.params
+        if cond is None:
+            raise ValueError("this prior is class-conditional: pass cond, the class embedding")
+        return self.params + self.cond_proj(cond).view(-1, *self.params.shape[1:])
+
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        eps, logdet = self.standardize(x, self.params)
+        eps, logdet = self.standardize(x, self.prior_params(cond))
         return eps, logdet.expand_as(x).flatten(1).sum(1)
 
     def inverse(self, z: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        x, logdet = self.standardize.inverse(z, self.params)
+        x, logdet = self.standardize.inverse(z, self.prior_params(cond))
         return x, logdet.expand_as(z).flatten(1).sum(1)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..config import ModelConfig
-from .base import FlowModel
+from .base import FlowModel, Objective
 from .flowpp import FlowPlusPlus
 from .frozen import freeze
 from .glow import Glow
@@ -26,9 +26,17 @@ def build_model(cfg: ModelConfig) -> FlowModel:
         dequant_couplings=cfg.dequant_couplings,
         dequant_blocks=cfg.dequant_blocks,
         dequant_context_channels=cfg.dequant_context_channels,
+        num_classes=cfg.num_classes,
     )
+    if cfg.class_conditioning is not None:
+        shared["class_conditioning"] = cfg.class_conditioning
     if cfg.type == "glow":
-        return Glow(levels=cfg.levels, depth=cfg.depth, **shared)
+        return Glow(
+            levels=cfg.levels,
+            depth=cfg.depth,
+            class_loss_weight=cfg.class_loss_weight,
+            **shared,
+        )
     if cfg.type == "flowpp":
         return FlowPlusPlus(
             layout=cfg.layout,
@@ -52,6 +60,7 @@ __all__ = [
     "FlowPlusPlus",
     "Glow",
     "MultiScaleFlow",
+    "Objective",
     "build_model",
     "freeze",
     "from_preset",

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers import Bijection, initialize, standard_normal_log_prob
@@ -46,12 +47,26 @@ class DequantizedLogProb(NamedTuple):
     eps: Tensor
 
 
+class Objective(NamedTuple):
+    """The training objective's terms, `[B]` nats each: log p(x|y) (the bound) and the
+    auxiliary classifier's −log p(y|x) (None without a classifier)."""
+
+    log_prob: Tensor
+    class_nll: Tensor | None
+
+
 class FlowModel(nn.Module):
     """uint8 images ⇄ standard-normal latents through `flow`, with the bound of DESIGN §1.
 
     log p(x) ≥ E_u[log N(eps; 0, I) + log|det ∂eps/∂y| − log q(u|x)] − D·ln N,
     with y = (x + u)/N and eps = flow(y). `eps` holds every level's latents in x's shape.
+
+    With `num_classes` K > 0 the model is class-conditional: every method taking images or
+    latents takes their `labels` (int64 `[B]`, or one int for all), the flow's layers receive
+    the class embedding cond = one-hot(labels) `[B, K]`, and the bound is of log p(x|y).
     """
+
+    class_loss_weight: float = 0.0  # weight of `class_nll` (in bits) in the training loss
 
     def __init__(
         self,
@@ -59,10 +74,14 @@ class FlowModel(nn.Module):
         num_levels: int,
         flow: Bijection,
         dequantizer: nn.Module,
+        num_classes: int = 0,
     ) -> None:
         super().__init__()
+        if num_classes < 0 or num_classes == 1:
+            raise ValueError(f"num_classes must be 0 (unconditional) or ≥ 2, got {num_classes}")
         self.image_shape = tuple(image_shape)
         self.num_levels = num_levels
+        self.num_classes = num_classes
         self.flow = flow
         self.dequantizer = dequantizer
         self.register_buffer("initialized", torch.tensor(False))
@@ -113,9 +132,45 @@ class FlowModel(nn.Module):
             bad = int((~torch.isfinite(eps)).sum())
             raise ValueError(f"latents must be finite, found {bad} NaN or infinite values")
 
-    def initialize(self, x: Tensor, force: bool = False) -> None:
-        """Data-dependent init of every layer on one uint8 batch (Glow section 3.1)."""
+    def class_cond(self, labels: Tensor | int | None, batch: int) -> Tensor | None:
+        """The class embedding cond = one-hot(labels) `[B, K]` in the parameters' dtype (None
+        for an unconditional model), after checking `labels` against the model and the batch.
+
+        Raises `TypeError`/`ValueError` naming the problem: labels for an unconditional model,
+        none for a conditional one, a dtype other than int64, a length other than B, a class
+        outside 0..K−1.
+        """
+        k = self.num_classes
+        if labels is None:
+            if k:
+                raise ValueError(
+                    f"this model is class-conditional ({k} classes): pass labels, int64 [B]"
+                )
+            return None
+        if not k:
+            raise ValueError("labels given to an unconditional model (num_classes=0)")
+        dtype, device = self._float()
+        if isinstance(labels, int) and not isinstance(labels, bool):
+            labels = torch.full((batch,), labels, dtype=torch.long)
+        if not isinstance(labels, Tensor) or labels.dtype != torch.int64:
+            got = labels.dtype if isinstance(labels, Tensor) else type(labels).__name__
+            raise TypeError(f"labels must be an int64 tensor [B] or an int, got {got}")
+        if labels.dim() != 1 or len(labels) != batch:
+            raise ValueError(f"expected {batch} labels (one per image), got {list(labels.shape)}")
+        if labels.numel() and not torch.compiler.is_compiling():
+            low, high = int(labels.min()), int(labels.max())
+            if low < 0 or high >= k:
+                bad = low if low < 0 else high
+                raise ValueError(f"labels must lie in 0..{k - 1}, found {bad}")
+        return F.one_hot(labels.to(device), k).to(dtype)
+
+    def initialize(
+        self, x: Tensor, force: bool = False, labels: Tensor | int | None = None
+    ) -> None:
+        """Data-dependent init of every layer on one uint8 batch (Glow section 3.1); a
+        class-conditional model takes the batch's labels too."""
         self.check_images(x)
+        cond = self.class_cond(labels, len(x))
         if self.is_initialized and not force:
             raise RuntimeError("model is already initialised; pass force=True to redo it")
         dtype, device = self._float()
@@ -123,30 +178,66 @@ class FlowModel(nn.Module):
         if hasattr(self.dequantizer, "initialize"):  # a learned q(u|x) initialises first
             self.dequantizer.initialize(x.to(device), self.num_levels, dtype, generator)
         y, _ = self.dequantizer(x.to(device), self.num_levels, dtype, generator)
-        initialize(self.flow, y)
+        initialize(self.flow, y, cond)
         self.initialized.fill_(True)
 
-    def log_prob(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """The dequantization bound of DESIGN §1 in nats, `[B]`, with one draw of u."""
-        return self.dequantized_log_prob(x, generator).log_prob
+    def log_prob(
+        self,
+        x: Tensor,
+        labels: Tensor | int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """The dequantization bound of DESIGN §1 in nats, `[B]`, with one draw of u: of
+        log p(x), or of log p(x|y) for a class-conditional model given `labels` y."""
+        if isinstance(labels, torch.Generator):
+            raise TypeError("log_prob(x, labels=None, generator=None): pass generator= by name")
+        return self.dequantized_log_prob(x, generator, labels=labels).log_prob
 
     def dequantized_log_prob(
-        self, x: Tensor, generator: torch.Generator | None = None
+        self,
+        x: Tensor,
+        generator: torch.Generator | None = None,
+        labels: Tensor | int | None = None,
     ) -> DequantizedLogProb:
         """`log_prob` with the points it was taken at: y = (x + u)/N, u ~ q(u|x), and
         eps = flow(y), so a caller can check the flow's inverse there without another pass."""
         self.check_images(x)
+        cond = self.class_cond(labels, len(x))
         dtype, device = self._float()
         y, log_q = self.dequantizer(x.to(device), self.num_levels, dtype, generator)
-        eps, logdet = self.flow(y)
+        log_prob, eps = self._bound(y, log_q, cond, dtype)
+        return DequantizedLogProb(log_prob, y, eps)
+
+    def _bound(
+        self, y: Tensor, log_q: Tensor, cond: Tensor | None, dtype: torch.dtype
+    ) -> tuple[Tensor, Tensor]:
+        """(log N(eps; 0, I) + log|det ∂eps/∂y| − log q(u|x) − D·ln N, eps) at
+        eps = flow(y, cond): the bound `[B]` and the latents."""
+        eps, logdet = self.flow(y, cond)
         log_pz = standard_normal_log_prob(eps.to(dtype))
         log_prob = (
             log_pz + logdet.to(dtype) - log_q.to(dtype) - self.num_dims * math.log(self.num_levels)
         )
-        return DequantizedLogProb(log_prob, y, eps)
+        return log_prob, eps
+
+    def objective(
+        self,
+        x: Tensor,
+        generator: torch.Generator | None = None,
+        labels: Tensor | int | None = None,
+    ) -> Objective:
+        """The training objective's terms: the bound of `log_prob`, and the auxiliary
+        classifier's cross-entropy (`class_nll`) where the model has a classifier."""
+        result = self.dequantized_log_prob(x, generator, labels=labels)
+        return Objective(result.log_prob, self.class_nll(result.eps, labels))
+
+    def class_nll(self, eps: Tensor, labels: Tensor | int | None) -> Tensor | None:
+        """−log p(y|x) `[B]` nats of an auxiliary classifier on the latents; None here (no
+        classifier; Glow's ycond model has one)."""
+        return None
 
     @torch.no_grad()
-    def encode(self, x: Tensor) -> Tensor:
+    def encode(self, x: Tensor, labels: Tensor | int | None = None) -> Tensor:
         """eps = flow((x + ½)/N): deterministic (eval mode), `[B, C, H, W]`.
 
         Runs in the parameters' dtype with autocast off. Exact round trips are a matter of
@@ -154,28 +245,62 @@ class FlowModel(nn.Module):
         rounding, amplified by an ill-conditioned trained flow, may not.
         """
         self.check_images(x)
+        cond = self.class_cond(labels, len(x))
         dtype, device = self._float()
         with torch.autocast(device.type, enabled=False), evaluating(self.flow):
-            return self.flow((x.to(device, dtype) + 0.5) / self.num_levels)[0]
+            return self.flow((x.to(device, dtype) + 0.5) / self.num_levels, cond)[0]
 
     @torch.no_grad()
-    def decode(self, eps: Tensor) -> Tensor:
+    def decode(self, eps: Tensor, labels: Tensor | int | None = None) -> Tensor:
         """x = clamp(⌊N · flow⁻¹(eps)⌋, 0, N − 1) as uint8 (eval mode, autocast off)."""
         self._check_latents(eps)
+        cond = self.class_cond(labels, len(eps))
         dtype, device = self._float()
         with torch.autocast(device.type, enabled=False), evaluating(self.flow):
-            y = self.flow.inverse(eps.to(device, dtype))[0]
+            y = self.flow.inverse(eps.to(device, dtype), cond)[0]
         return (y * self.num_levels).floor().clamp(0, self.num_levels - 1).to(torch.uint8)
 
     @torch.no_grad()
     def sample(
-        self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None
+        self,
+        n: int,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+        labels: Tensor | int | None = None,
     ) -> Tensor:
-        """decode(T · eps), eps ~ N(0, I) (Glow section 5, reduced temperature)."""
+        """decode(T · eps, labels), eps ~ N(0, I) (Glow section 5, reduced temperature);
+        a class-conditional model samples x ~ p(x|y) for `labels` y (`[n]`, or one int)."""
         if n < 1:
             raise ValueError(f"number of samples must be positive, got {n}")
         if not 0 <= temperature < float("inf"):
             raise ValueError(f"temperature must be finite and ≥ 0, got {temperature}")
+        self.class_cond(labels, n)  # fails before drawing anything
         dtype, device = self._float()
         eps = torch.randn((n, *self.image_shape), generator=generator, dtype=dtype, device=device)
-        return self.decode(temperature * eps)
+        return self.decode(temperature * eps, labels)
+
+    @torch.no_grad()
+    def class_log_probs(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """log p(x|c) `[B, K]` nats for every class c, all at the same draw of u, so the
+        classes are compared on paired noise (eval mode, autocast off)."""
+        if not self.num_classes:
+            raise ValueError("classify needs a class-conditional model (num_classes > 0)")
+        self.check_images(x)
+        dtype, device = self._float()
+        with torch.autocast(device.type, enabled=False), evaluating(self):
+            y, log_q = self.dequantizer(x.to(device), self.num_levels, dtype, generator)
+            return torch.stack(
+                [
+                    self._bound(y, log_q, self.class_cond(c, len(x)), dtype)[0]
+                    for c in range(self.num_classes)
+                ],
+                dim=1,
+            )
+
+    def classify(
+        self, x: Tensor, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Bayes' rule with a uniform class prior (Glow section 5's class-conditional model):
+        p(c|x) = softmax_c log p(x|c). Returns (argmax_c, int64 `[B]`; p(c|x), float `[B, K]`)."""
+        log_probs = self.class_log_probs(x, generator)
+        return log_probs.argmax(dim=1), log_probs.softmax(dim=1)

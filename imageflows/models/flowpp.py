@@ -5,11 +5,12 @@ from __future__ import annotations
 import re
 from functools import partial
 
-from ..layers import Bijection, Inverse, Logit, Reversible, Sequential, Squeeze
+from ..layers import Bijection, Inverse, LearnedPrior, Logit, Reversible, Sequential, Squeeze
 from ..nets import FlowppConditioner
 from .base import FlowModel, resolve_levels
 from .dequantize import make_dequantizer
 from .steps import PERMUTATIONS, choose, flowpp_step, make_transform
+from .steps import class_conditioning as class_conditioning_of
 
 _STAGE = re.compile(r"(\d+)(cb|ch)|sq")
 
@@ -53,6 +54,12 @@ class FlowPlusPlus(FlowModel):
     `coupling` ∈ {mixture, affine, additive} and `permutation`, `dequantization` ∈ {variational,
     uniform} and `attention` switch the paper's components; `memory_saving` back-propagates each
     stage through its inverse.
+
+    With `num_classes` K > 0 the model is class-conditional: by default
+    (`class_conditioning="coupling"`) every coupling's conditioner sees one-hot y in each gated
+    convolution (a learned per-class vector added to its hidden features, `FlowppConditioner`);
+    "prior" (or "both") ends the flow with a learned per-channel Gaussian prior whose mean and
+    log-scale are a zero-initialised linear map of one-hot y (`LearnedPrior`, as Glow's).
     """
 
     def __init__(
@@ -75,14 +82,19 @@ class FlowPlusPlus(FlowModel):
         dequant_couplings: int = 4,
         dequant_blocks: int = 2,
         dequant_context_channels: int = 32,
+        num_classes: int = 0,
+        class_conditioning: str = "coupling",
     ) -> None:
+        prior_classes, coupling_classes = class_conditioning_of(num_classes, class_conditioning)
         net = dict(
             hidden_channels=hidden_channels,
             heads=heads,
             attention=attention,
             dropout=dropout,
         )
-        conditioner = partial(FlowppConditioner, blocks=blocks, **net)
+        conditioner = partial(
+            FlowppConditioner, blocks=blocks, cond_channels=coupling_classes, **net
+        )
         choose("permutation", permutation, PERMUTATIONS)  # fails before anything is built
         chain = Reversible if memory_saving else Sequential
         shape = tuple(image_shape)
@@ -108,6 +120,8 @@ class FlowPlusPlus(FlowModel):
             ]
             layers.append(chain(steps))
         layers += [Inverse(Squeeze()) for _ in range(squeezes)]  # back to (C, H, W)
+        if prior_classes:
+            layers.append(LearnedPrior(image_shape[0], prior_classes))
         dequantizer = make_dequantizer(
             dequantization,
             tuple(image_shape),
@@ -118,6 +132,10 @@ class FlowPlusPlus(FlowModel):
             **net,
         )
         super().__init__(
-            image_shape, resolve_levels(n_bits, num_levels), Sequential(layers), dequantizer
+            image_shape,
+            resolve_levels(n_bits, num_levels),
+            Sequential(layers),
+            dequantizer,
+            num_classes,
         )
         self.layout, self.hidden_channels, self.blocks = layout, hidden_channels, blocks

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from torch import Tensor
+
 from ..layers import (
     Bijection,
     Coupling,
@@ -33,6 +35,8 @@ class MultiScaleFlow(Sequential):
         depth: K, steps per level.
         step: `step(channels)` builds the layers of one step at that channel count.
         memory_saving: each level's steps back-propagate through their inverse (`Reversible`).
+        cond_features: K > 0 makes the top prior class-conditional on a `cond` `[B, K]`
+            (openai/glow `ycond`, `LearnedPrior`).
     """
 
     def __init__(
@@ -42,16 +46,31 @@ class MultiScaleFlow(Sequential):
         depth: int,
         step: Callable[[int], list[Bijection]],
         memory_saving: bool = False,
+        cond_features: int = 0,
     ) -> None:
         c = 4 * channels  # (B, 4C, H/2, W/2) after the squeeze
         chain = Reversible if memory_saving else Sequential
         steps = chain(layer for _ in range(depth) for layer in step(c))
         if levels == 1:
-            head: list[Bijection] = [LearnedPrior(c)]
+            head: list[Bijection] = [LearnedPrior(c, cond_features)]
         else:
             # the split prior is an affine coupling whose conditioner is one zero-initialised
             # convolution of the kept half
             split_prior = Coupling(ZeroConv2d(c // 2, 2 * (c - c // 2)), Standardize())
-            inner = MultiScaleFlow(c // 2, levels - 1, depth, step, memory_saving)
+            inner = MultiScaleFlow(c // 2, levels - 1, depth, step, memory_saving, cond_features)
             head = [split_prior, FactorOut(inner)]
         super().__init__([Squeeze(), steps, *head, Inverse(Squeeze())])
+
+
+def top_latent(eps: Tensor, levels: int) -> Tensor:
+    """The top level's part of the latents eps of an L-level `MultiScaleFlow`, in its shape.
+
+    Each level's output is unsqueeze(merge(inner output, factored-out half)), so squeezing and
+    keeping the first ⌊C/2⌋ channels L − 1 times, then squeezing once more, reads it back.
+    Shapes: `[B, C, H, W]` → `[B, 2^(L+1)·C, H/2^L, W/2^L]`.
+    """
+    squeeze = Squeeze()
+    for _ in range(levels - 1):
+        eps = squeeze(eps)[0]
+        eps = eps[:, : eps.shape[1] // 2]  # (B, 2C, H/2, W/2): the kept half
+    return squeeze(eps)[0]

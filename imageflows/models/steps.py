@@ -42,6 +42,12 @@ PERMUTATIONS: dict[str, type[Bijection] | None] = {
     "conv1x1_lu": InvConv1x1LU,
 }
 SPLITS: dict[str, type[nn.Module]] = {"cb": CheckerboardSplit, "ch": ChannelSplit}
+# where a class-conditional model feeds the class embedding: (the top prior, the couplings)
+CLASS_CONDITIONINGS: dict[str, tuple[bool, bool]] = {
+    "prior": (True, False),
+    "coupling": (False, True),
+    "both": (True, True),
+}
 
 
 def choose(name: str, value: str, options: dict) -> object:
@@ -49,6 +55,13 @@ def choose(name: str, value: str, options: dict) -> object:
     if value not in options:
         raise ValueError(f"unknown {name} {value!r}; choose one of {sorted(options)}")
     return options[value]
+
+
+def class_conditioning(num_classes: int, conditioning: str) -> tuple[int, int]:
+    """(K for the top prior, K for the couplings' conditioners), 0 where a component is not
+    class-conditional: `conditioning` ∈ {prior, coupling, both} for `num_classes` K > 0."""
+    prior, coupling = choose("class_conditioning", conditioning, CLASS_CONDITIONINGS)
+    return num_classes * prior, num_classes * coupling
 
 
 def make_transform(coupling: str, components: int = 32, min_scale: float = 0.0) -> ElementwiseMap:
@@ -73,16 +86,21 @@ def glow_step(
     permutation: str,
     components: int = 32,
     min_scale: float = 0.0,
+    cond_channels: int = 0,
 ) -> list[Bijection]:
     """actnorm → permutation → coupling (Glow section 3, Figure 2a). Shapes: `[B, C, H, W]`.
 
     Without a permutation the step ends by swapping the channel halves (RealNVP's alternating
-    masks), so that consecutive couplings transform different halves.
+    masks), so that consecutive couplings transform different halves. With `cond_channels`
+    the conditioner also sees `cond` (e.g. the class embedding) as extra input channels.
     """
     transform = make_transform(coupling, components, min_scale)
     id_channels = channels // 2
     conditioner = GlowConditioner(
-        id_channels, transform.num_params * (channels - id_channels), hidden_channels
+        id_channels,
+        transform.num_params * (channels - id_channels),
+        hidden_channels,
+        cond_channels,
     )
     mixing = make_permutation(permutation, channels)
     return [

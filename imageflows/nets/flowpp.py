@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from ..layers import DataInit
 from .frozen import frozen_conv
+from .glow import spatial_cond
 
 
 def concat_elu(x: Tensor) -> Tensor:
@@ -208,8 +209,11 @@ class FlowppConditioner(nn.Module):
 
     The output layer starts small (init scale 0.1), so a fresh coupling is close to a fixed
     map. `size` (H, W) fixes the learned position embedding. With `cond_channels` every gated
-    convolution also sees `cond` (the dequantizer's context features).
-    Shapes: x `[B, C_in, H, W]`, cond `[B, C_cond, H, W]` → `[B, C_out, H, W]`.
+    convolution also sees `cond`: the dequantizer's context features `[B, C_cond, H, W]`, or a
+    class embedding `[B, C_cond]` (one-hot y) broadcast over the positions, so that each gated
+    convolution adds a learned per-class vector V · concat_elu(y) to its hidden features
+    (Flow++ section 3, conditioned as PixelCNN++ is). Without `cond_channels`, `cond` is ignored.
+    Shapes: x `[B, C_in, H, W]` → `[B, C_out, H, W]`.
     """
 
     def __init__(
@@ -238,6 +242,7 @@ class FlowppConditioner(nn.Module):
             for _ in range(blocks)
         )
         self.proj_out = WNConv2d(hidden_channels, out_channels, 3, init_scale=0.1)
+        self.cond_channels = cond_channels
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
         if x.shape[-2:] != self.pos.shape[-2:]:
@@ -247,6 +252,7 @@ class FlowppConditioner(nn.Module):
             )
         # channels-last activations, as in Glow's conditioner: oneDNN's native layout (~8% faster)
         h = self.proj_in(x.contiguous(memory_format=torch.channels_last))
+        cond = None if cond is None or not self.cond_channels else spatial_cond(cond, h)
         for block in self.blocks:
             h = block(h, self.pos, cond)
         return self.proj_out(h)

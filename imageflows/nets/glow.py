@@ -69,7 +69,8 @@ class ZeroConv2d(nn.Module):
         """
         return _scaled_kernel(self.conv, (3 * self.log_scale).exp(), self.conv.bias)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
+        """`cond` is ignored: the split prior sees z1 alone (openai/glow `split2d_prior`)."""
         return F.conv2d(x, *self.kernel(), padding=self.conv.padding)
 
     def frozen(self) -> nn.Conv2d:
@@ -80,14 +81,19 @@ class ZeroConv2d(nn.Module):
 class GlowConditioner(nn.Module):
     """3x3 conv → actnorm → ReLU → 1x1 conv → actnorm → ReLU → zero-initialised 3x3 conv.
 
-    Shapes: `[B, C_in (+ C_cond), H, W]` → `[B, C_out, H, W]`; a `cond` tensor with the same
-    spatial size is concatenated to the input.
+    With `cond_channels` > 0, `cond` is concatenated to the input as extra channels: a feature
+    map `[B, C_cond, H, W]`, or a class embedding `[B, C_cond]` broadcast over the positions
+    (`spatial_cond`). Without, `cond` is ignored (an unconditional coupling in a conditional
+    flow). Shapes: `[B, C_in, H, W]` → `[B, C_out, H, W]`.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, hidden_channels: int) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, hidden_channels: int, cond_channels: int = 0
+    ) -> None:
         super().__init__()
+        self.cond_channels = cond_channels
         self.net = nn.Sequential(
-            ConvActNorm(in_channels, hidden_channels, 3),
+            ConvActNorm(in_channels + cond_channels, hidden_channels, 3),
             nn.ReLU(inplace=True),  # nothing else reads the convolution's output
             ConvActNorm(hidden_channels, hidden_channels, 1),
             nn.ReLU(inplace=True),
@@ -95,7 +101,18 @@ class GlowConditioner(nn.Module):
         )
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
-        x = x if cond is None else torch.cat([x, cond], dim=1)
+        if self.cond_channels:
+            if cond is None:
+                raise ValueError("this conditioner was built with cond_channels; pass cond")
+            x = torch.cat([x, spatial_cond(cond, x).to(x.dtype)], dim=1)
         # channels-last activations: oneDNN's convolutions (CPU) and cuDNN's tensor-core
         # kernels run NHWC natively; on 2 CPU threads this alone makes training ~1.4x faster
         return self.net(x.contiguous(memory_format=torch.channels_last))
+
+
+def spatial_cond(cond: Tensor, x: Tensor) -> Tensor:
+    """`cond` as a feature map at x's positions: `[B, K]` → `[B, K, H, W]` (a class embedding,
+    constant over the image); a `[B, K, H, W]` map is returned as it is."""
+    if cond.dim() == 2:
+        return cond[:, :, None, None].expand(-1, -1, *x.shape[-2:])
+    return cond

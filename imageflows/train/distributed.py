@@ -154,18 +154,21 @@ def all_reduce(values: list[float], env: DistEnv, op: str = "sum") -> list[float
 
 
 class _LogProb(nn.Module):
-    """`model.log_prob` as a module's `forward`: the call that DDP synchronises gradients for."""
+    """`model.objective` as a module's `forward`: the call that DDP synchronises gradients for."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
-        return self.model.log_prob(x, generator=generator)
+    def forward(
+        self, x: Tensor, generator: torch.Generator | None, labels: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        return self.model.objective(x, generator, labels)
 
 
 def data_parallel(model: nn.Module, env: DistEnv) -> nn.Module:
-    """A module computing `model.log_prob(x, generator)` whose backward all-reduces gradients.
+    """A module computing `model.objective(x, generator, labels)` (log p and the classifier's
+    cross-entropy) whose backward all-reduces gradients.
 
     Wrap after the data-dependent init: DDP registers the parameters as they are. Buffers are
     not re-broadcast every step, since training does not change them.
