@@ -20,7 +20,7 @@ from imageflows.data import convert as convert_images
 from imageflows.images import save_grid
 from imageflows.latent import temperature_rows
 from imageflows.metrics import evaluate
-from imageflows.models import PRESETS, build_model, freeze, preset_config
+from imageflows.models import PRESETS, build_model, class_rows, freeze, preset_config
 from imageflows.train import load, train
 from imageflows.train.checkpoint import CONFIG_FILE, run_step
 
@@ -135,7 +135,8 @@ def evaluate_run(
 
     Returns:
         `imageflows.metrics.evaluate`'s figures (`bpd`, its median and 1st/99th percentiles,
-        `n`, `iw_samples`, `roundtrip_failures`, `recon_max_abs`), `data` (e.g. "CIFAR-10
+        `n`, `iw_samples`, `roundtrip_failures`, `recon_max_abs`; for a class-conditional
+        model the bits/dim of log p(x|y) and `accuracy`, `bpd_marginal`), `data` (e.g. "CIFAR-10
         (JPEG q75)"),
         `split`, `weights` ("ema" or "raw"), `run` and `step`.
     """
@@ -145,7 +146,8 @@ def evaluate_run(
     cfg = run_config(run)
     model = load(run, ema=ema)
     _, dataset = run_dataset(cfg, split, model.num_levels, data, data_dir, convert)
-    scores = evaluate(model, dataset.images, batch_size, seed, iw_samples)
+    labels = dataset.labels if model.num_classes else None
+    scores = evaluate(model, dataset.images, batch_size, seed, iw_samples, labels=labels)
     return {
         **scores,
         "data": dataset.description,
@@ -169,40 +171,65 @@ def write_samples(
     seed: int = 0,
     nrow: int | None = None,
     ema: bool = True,
+    label: int | None = None,
 ) -> dict[str, Any]:
     """Samples of a run's model into PNG `out` (Glow section 5, Figure 8).
 
     With `temperatures`: one row of `n` samples per temperature (default 8), labelled "T=0.7",
     every row decoded from the same noise. Without: `n` samples at `temperature` (default 64),
     `nrow` a row (default about √n). One picture holds at most `MAX_SAMPLES` images.
+    A class-conditional model samples class `label`, or without it draws one row of `n`
+    (default 8) per class (and temperature), labelled "class 3" ("T=0.7 class 3").
 
     Returns:
-        `out`, `n`, `temperatures`, `seed` and `run`.
+        `out`, `n`, `temperatures`, `classes` (the classes drawn, None if unconditional),
+        `seed` and `run`.
     """
+    run = Path(run)
+    model_cfg = run_config(run).model
+    per_class = model_cfg.num_classes > 0 and label is None
+    if label is not None and not 0 <= label < model_cfg.num_classes:
+        raise ValueError(
+            f"--class {label}: the run's model has classes 0..{model_cfg.num_classes - 1}"
+            if model_cfg.num_classes
+            else "--class needs a class-conditional run (model.num_classes > 0)"
+        )
     if n is None:
-        n = 64 if temperatures is None else 8
+        n = 64 if temperatures is None and not per_class else 8
     if n < 1:
         raise ValueError(f"--n must be at least 1, got {n}")
     if nrow is not None and nrow < 1:
         raise ValueError(f"--nrow must be at least 1, got {nrow}")
     if temperatures is not None and not temperatures:
         raise ValueError("--temperatures needs at least one number")
-    total = n * (len(temperatures) if temperatures is not None else 1)
+    classes = list(range(model_cfg.num_classes)) if per_class else [label]
+    total = n * (len(temperatures) if temperatures is not None else 1) * len(classes)
     if total > MAX_SAMPLES:
         raise ValueError(
             f"--n {n} asks for {total} images in one picture; at most {MAX_SAMPLES} are drawn"
         )
-    run = Path(run)
-    run_config(run)
     model = freeze(load(run, ema=ema))
     rows = list(temperatures) if temperatures is not None else [temperature]
-    grid = temperature_rows(model, rows, n, seed)
-    if temperatures is not None:
+    if model.num_classes:
+        grid = class_rows(model, rows, classes, n, seed)
+    else:
+        grid = temperature_rows(model, rows, n, seed)
+    if per_class:
+        nrow = n
+        labels = [f"{f'T={t:g} ' if temperatures else ''}class {c}" for t in rows for c in classes]
+    elif temperatures is not None:
         nrow, labels = n, [f"T={t:g}" for t in rows]
     else:
         nrow, labels = nrow or math.ceil(math.sqrt(n)), None
     out = save_grid(grid, out, model.num_levels, nrow=nrow, row_labels=labels)
-    return {"out": str(out), "n": n, "temperatures": rows, "seed": seed, "run": str(run)}
+    return {
+        "out": str(out),
+        "n": n,
+        "temperatures": rows,
+        "classes": classes if model.num_classes else None,
+        "seed": seed,
+        "run": str(run),
+    }
 
 
 def parameter_count(model: ModelConfig) -> int:

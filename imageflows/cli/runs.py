@@ -69,6 +69,13 @@ def add_commands(command: Command) -> None:
     sample.add_argument("--out", default="samples.png", help="PNG to write (default samples.png)")
     sample.add_argument("--seed", type=int, default=0, help="seed of the latent noise")
     sample.add_argument("--nrow", type=int, help="images per row (single temperature only)")
+    sample.add_argument(
+        "--class",
+        dest="label",
+        type=int,
+        metavar="C",
+        help="class to sample (class-conditional runs; default: one row of --n per class)",
+    )
     add_raw(sample)
 
 
@@ -122,6 +129,11 @@ def _eval(args: argparse.Namespace) -> Outcome:
         f"{result['roundtrip_failures_float32']} images in float32 (max error "
         f"{result['recon_max_abs']:.2g} levels), {result['roundtrip_failures']} in float64"
     )
+    if "accuracy" in result:
+        message += (
+            f"\nclass-conditional: bits/dim of log p(x|y); Bayes-classifier accuracy "
+            f"{100 * result['accuracy']:.2f}%, marginal bits/dim {result['bpd_marginal']:.4f}"
+        )
     return result, message
 
 
@@ -137,6 +149,8 @@ def _sample(args: argparse.Namespace) -> Outcome:
         seed=args.seed,
         nrow=args.nrow,
         ema=not args.raw,
+        label=args.label,
     )
-    count = len(result["temperatures"]) * result["n"]
+    classes = result["classes"] or [None]
+    count = len(result["temperatures"]) * len(classes) * result["n"]
     return result, f"wrote {count} samples to {result['out']}"

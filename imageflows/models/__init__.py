@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..config import ModelConfig
-from .base import FlowModel, Objective
+from .base import FlowModel, Objective, class_rows
 from .flowpp import FlowPlusPlus
 from .frozen import freeze
 from .glow import Glow
@@ -62,6 +62,7 @@ __all__ = [
     "MultiScaleFlow",
     "Objective",
     "build_model",
+    "class_rows",
     "freeze",
     "from_preset",
     "preset_config",

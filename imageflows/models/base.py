@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 import torch
@@ -304,3 +304,17 @@ class FlowModel(nn.Module):
         p(c|x) = softmax_c log p(x|c). Returns (argmax_c, int64 `[B]`; p(c|x), float `[B, K]`)."""
         log_probs = self.class_log_probs(x, generator)
         return log_probs.argmax(dim=1), log_probs.softmax(dim=1)
+
+
+@torch.no_grad()
+def class_rows(
+    model: FlowModel, temperatures: Sequence[float], classes: Sequence[int], n: int, seed: int = 0
+) -> Tensor:
+    """Samples decode(T · eps, y=c) of a class-conditional model, one row of `n` for each
+    (T, c), temperature-major, every row from the same base noise eps ~ N(0, I) (drawn as
+    `imageflows.latent.temperature_rows` draws it), so rows differ by temperature and class
+    alone. Shapes: uint8 `[len(temperatures) · len(classes) · n, C, H, W]`."""
+    dtype, device = model._float()
+    generator = torch.Generator(device).manual_seed(seed)
+    eps = torch.randn((n, *model.image_shape), generator=generator, dtype=dtype, device=device)
+    return torch.cat([model.decode(t * eps, c) for t in temperatures for c in classes])

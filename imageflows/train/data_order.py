@@ -17,11 +17,18 @@ import torch
 from torch import Tensor
 
 from imageflows.config import Config
-from imageflows.data import load_dataset, prepare
+from imageflows.data import ImageDataset, load_dataset, prepare
 
 
 def load_images(cfg: Config) -> tuple[Tensor, Tensor]:
     """Train and test images of `cfg.data`, at the model's number of levels and shape."""
+    train, test = load_data(cfg)
+    return train.images, test.images
+
+
+def load_data(cfg: Config) -> tuple[ImageDataset, ImageDataset]:
+    """Train and test splits of `cfg.data`, at the model's number of levels and shape; a
+    class-conditional model's `num_classes` must be the data's number of classes."""
     splits = []
     for split in ("train", "test"):
         dataset = prepare(load_dataset(cfg.data.name, split, cfg.data.dir), cfg.model.num_levels)
@@ -31,7 +38,13 @@ def load_images(cfg: Config) -> tuple[Tensor, Tensor]:
                 f"dataset {cfg.data.name!r} ({split}) has images of shape {shape}, but "
                 f"model.image_shape is {tuple(cfg.model.image_shape)}"
             )
-        splits.append(dataset.images)
+        classes = len(dataset.label_names)
+        if cfg.model.num_classes and cfg.model.num_classes != classes:
+            raise ValueError(
+                f"model.num_classes={cfg.model.num_classes}, but dataset {cfg.data.name!r} has "
+                f"{classes} classes"
+            )
+        splits.append(dataset)
     return splits[0], splits[1]
 
 

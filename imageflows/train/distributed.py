@@ -185,7 +185,12 @@ def data_parallel(model: nn.Module, env: DistEnv) -> nn.Module:
 
 
 def sharded_evaluate(
-    model: nn.Module, images: Tensor, batch_size: int, seed: int, env: DistEnv
+    model: nn.Module,
+    images: Tensor,
+    batch_size: int,
+    seed: int,
+    env: DistEnv,
+    labels: Tensor | None = None,
 ) -> dict:
     """`imageflows.metrics.evaluate` on all of `images`, its batches shared out among the ranks.
 
@@ -198,14 +203,22 @@ def sharded_evaluate(
         "recon_max_abs"}` over all images,
         the same on every rank (one process: `evaluate`'s result, percentiles included).
     """
-    result = evaluate(model, images, batch_size, seed, shard=(env.rank, env.world_size))
+    result = evaluate(
+        model, images, batch_size, seed, shard=(env.rank, env.world_size), labels=labels
+    )
     if not env.distributed:
         return result
     bits = result["bpd"] * result["n"] if result["n"] else 0.0
     counts = [result["n"], result["roundtrip_failures"], result["roundtrip_failures_float32"]]
     bits, count, failures, fast_failures = all_reduce([bits, *counts], env)
     (recon,) = all_reduce([result["recon_max_abs"]], env, op="max")
-    return {
+    classified = {}
+    if "accuracy" in result:  # a class-conditional model
+        correct = result["accuracy"] * result["n"] if result["n"] else 0.0
+        marginal = result["bpd_marginal"] * result["n"] if result["n"] else 0.0
+        correct, marginal = all_reduce([correct, marginal], env)
+        classified = {"accuracy": correct / count, "bpd_marginal": marginal / count}
+    return classified | {
         "bpd": bits / count,
         "n": int(count),
         "iw_samples": 1,

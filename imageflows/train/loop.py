@@ -18,6 +18,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from imageflows.config import Config, TrainConfig
+from imageflows.data import ImageDataset
 from imageflows.hardware import warn_if_slow_cpu_bf16
 from imageflows.images import plot_curves
 from imageflows.models import build_model
@@ -29,7 +30,7 @@ from imageflows.train.checkpoint import (
     load_weights,
     save_checkpoint,
 )
-from imageflows.train.data_order import derived_seed, global_indices, load_images
+from imageflows.train.data_order import derived_seed, global_indices, load_data
 from imageflows.train.distributed import (
     DistEnv,
     broadcast_module,
@@ -81,23 +82,23 @@ def train(cfg: Config, workdir: str | Path, resume: bool = False, progress: bool
     writer_class = summary_writer_class() if tc.tensorboard else None
     with process_group() as env:
         _check_environment(tc, env)
-        train_images, test_images = load_images(cfg)
-        test_images = test_images[: tc.eval_images or None]
+        train_data, test_data = load_data(cfg)
+        test_data = test_data.subset(range(min(tc.eval_images or len(test_data), len(test_data))))
         run_on_main(env, prepare_workdir, cfg, workdir, resume)
-        run = Run(cfg, workdir, env, train_images)
+        run = Run(cfg, workdir, env, train_data)
         run.start(run_on_main(env, resume_point, workdir) if resume else None)
         log_prob = data_parallel(run.model, env)
         if tc.compile:  # the flow's many small element-wise ops fuse into a few kernels
             log_prob = torch.compile(log_prob)
         log = MetricsLog(workdir, run.step, writer_class, enabled=env.is_main)
         try:
-            return _loop(run, log_prob, log, test_images, progress and env.is_main)
+            return _loop(run, log_prob, log, test_data, progress and env.is_main)
         finally:
             log.close()
 
 
 def _loop(
-    run: Run, log_prob: LogProb, log: MetricsLog, test_images: Tensor, show_progress: bool
+    run: Run, log_prob: LogProb, log: MetricsLog, test_data: ImageDataset, show_progress: bool
 ) -> dict:
     tc, env = run.tc, run.env
     last_test = run_on_main(env, log.last_test)
@@ -118,12 +119,13 @@ def _loop(
             lr = run.lr()
             for group in run.optimizer.param_groups:
                 group["lr"] = lr
-            x, noise = run.batch()
+            x, noise, labels = run.batch()
             result = train_step(
                 run.model,
                 run.optimizer,
                 x,
                 noise,
+                labels=labels,
                 log_prob=log_prob,
                 grad_clip=tc.grad_clip,
                 precision=tc.precision,
@@ -132,7 +134,13 @@ def _loop(
             )
             run.step += 1
             run.elapsed = time.perf_counter() - started
-            window.add(result.bpd, result.grad_norm, tc.batch_size, time.perf_counter() - tick)
+            window.add(
+                result.bpd,
+                result.grad_norm,
+                tc.batch_size,
+                time.perf_counter() - tick,
+                result.class_bits,
+            )
             progress.update(1)
             if guard.must_reload(run.step, result.bpd is not None):
                 guard.reload(run.step, run.checkpoint_step, tc.lr * run.lr_scale)
@@ -147,7 +155,7 @@ def _loop(
             if run.step % tc.log_every == 0 or run.step == tc.steps:
                 log.append(window.record(run.step, lr, run.elapsed))
             if run.step % tc.eval_every == 0 or run.step == tc.steps:
-                last_test = _evaluate(run, log, test_images)
+                last_test = _evaluate(run, log, test_data)
             if run.step % tc.checkpoint_every == 0 or run.step == tc.steps:
                 run.elapsed = time.perf_counter() - started
                 run.save()
@@ -155,7 +163,7 @@ def _loop(
 
     # A run resumed at its last step (or of 0 steps) still reports and checkpoints that step.
     if last_test is None or last_test["step"] != run.step:
-        last_test = _evaluate(run, log, test_images)
+        last_test = _evaluate(run, log, test_data)
     run.elapsed = time.perf_counter() - started
     if run.checkpoint_step != run.step:
         run.save()
@@ -169,12 +177,18 @@ def _loop(
     }
 
 
-def _evaluate(run: Run, log: MetricsLog, test_images: Tensor) -> dict:
-    """Test bits/dim of the EMA weights over all ranks; rank 0 logs it and draws samples."""
+def _evaluate(run: Run, log: MetricsLog, test_data: ImageDataset) -> dict:
+    """Test bits/dim of the EMA weights over all ranks (of log p(x|y) and the Bayes
+    classifier's accuracy for a class-conditional model); rank 0 logs it and draws samples."""
     tc = run.tc
-    result = sharded_evaluate(run.ema.model, test_images, tc.eval_batch_size, tc.seed, run.env)
+    labels = test_data.labels if run.model.num_classes else None
+    result = sharded_evaluate(
+        run.ema.model, test_data.images, tc.eval_batch_size, tc.seed, run.env, labels
+    )
     record = {"step": run.step, "test_bpd": result["bpd"]}
     record["recon_max_abs"] = result["recon_max_abs"]
+    if "accuracy" in result:
+        record["test_accuracy"] = result["accuracy"]
     run_on_main(run.env, _report_test, run, log, record)
     return record
 
@@ -189,9 +203,10 @@ class Run:
     """One rank's training state (model, EMA, optimizer, step, learning-rate scale) and its
     transitions: start (fresh or from a checkpoint), save, reload."""
 
-    def __init__(self, cfg: Config, workdir: Path, env: DistEnv, train_images: Tensor) -> None:
+    def __init__(self, cfg: Config, workdir: Path, env: DistEnv, train_data: ImageDataset) -> None:
         self.cfg, self.tc, self.workdir, self.env = cfg, cfg.train, workdir, env
-        self.train_images = train_images
+        self.train_images = train_data.images
+        self.train_labels = train_data.labels if cfg.model.num_classes else None
         torch.manual_seed(self.tc.seed)
         self.model = build_model(cfg.model).to(env.device)
         self.ema = EMA(self.model, self.tc.ema)
@@ -213,7 +228,10 @@ class Run:
                 first = global_indices(
                     0, min(self.tc.init_batch_size, num_train), num_train, self.tc.seed
                 )
-                self.model.initialize(self.train_images[first].to(self.env.device), force=True)
+                labels = None if self.train_labels is None else self.train_labels[first]
+                self.model.initialize(
+                    self.train_images[first].to(self.env.device), force=True, labels=labels
+                )
             broadcast_module(self.model, self.env)
             self.ema.model.load_state_dict(self.model.state_dict())
             self.optimizer.load_state_dict(self.empty_optimizer)
@@ -249,15 +267,18 @@ class Run:
         ramp = min(1.0, (self.step + 1) / warmup) if warmup > 0 else 1.0
         return self.tc.lr * self.lr_scale * ramp
 
-    def batch(self) -> tuple[Tensor, torch.Generator]:
-        """This rank's slice of the coming step's global batch and its dequantization noise;
-        torch's global generator (dropout) is reseeded for the step too."""
+    def batch(self) -> tuple[Tensor, torch.Generator, Tensor | None]:
+        """This rank's slice of the coming step's global batch, its dequantization noise and
+        its labels (None for an unconditional model); torch's global generator (dropout) is
+        reseeded for the step too."""
         tc, env = self.tc, self.env
         start = self.step * tc.batch_size
         indices = global_indices(start, start + tc.batch_size, len(self.train_images), tc.seed)
-        x = self.train_images[shard(indices, env)].to(env.device)
+        mine = shard(indices, env)
+        x = self.train_images[mine].to(env.device)
+        labels = None if self.train_labels is None else self.train_labels[mine].to(env.device)
         torch.manual_seed(self._seed("torch"))
-        return x, torch.Generator(env.device).manual_seed(self._seed("dequantization"))
+        return x, torch.Generator(env.device).manual_seed(self._seed("dequantization")), labels
 
     def _seed(self, stream: str) -> int:
         # A reload gives the replayed steps new noise: the seeds include the reload count.

@@ -22,16 +22,27 @@ class Window:
     def __init__(self) -> None:
         self.bpd: list[float] = []
         self.grad_norm: list[float] = []
+        self.class_bits: list[float] = []
         self.skipped = self.images = 0
         self.seconds = 0.0
 
-    def add(self, bpd: float | None, grad_norm: float, images: int, seconds: float) -> None:
-        """One step: its bits/dim (`None` if skipped), gradient norm, images and seconds."""
+    def add(
+        self,
+        bpd: float | None,
+        grad_norm: float,
+        images: int,
+        seconds: float,
+        class_bits: float | None = None,
+    ) -> None:
+        """One step: its bits/dim (`None` if skipped), gradient norm, images, seconds and the
+        classifier's cross-entropy in bits (Glow's ycond model; else None)."""
         if bpd is None:
             self.skipped += 1
         else:
             self.bpd.append(bpd)
             self.grad_norm.append(grad_norm)
+            if class_bits is not None:
+                self.class_bits.append(class_bits)
         self.images += images
         self.seconds += seconds
 
@@ -47,6 +58,8 @@ class Window:
             "time": elapsed,
             "skipped_steps": self.skipped,
         }
+        if self.class_bits:
+            record["train_class_bits"] = _mean(self.class_bits)
         self.__init__()
         return record
 

@@ -11,7 +11,7 @@ from imageflows._io import atomic_write_bytes
 from imageflows.config import Config
 from imageflows.images import save_grid
 from imageflows.latent import temperature_rows
-from imageflows.models import FlowModel
+from imageflows.models import FlowModel, class_rows
 from imageflows.train.checkpoint import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
@@ -70,7 +70,13 @@ def draw_samples(model: FlowModel, workdir: Path, step: int, cfg: Config) -> Non
     if not temperatures:
         return
     seed = derived_seed(cfg.train.seed, "samples")
-    grid = temperature_rows(model, temperatures, SAMPLES_PER_ROW, seed)
+    labels = [f"T={t:g}" for t in temperatures]
+    if model.num_classes:  # a row per temperature and class
+        classes = range(model.num_classes)
+        grid = class_rows(model, temperatures, classes, SAMPLES_PER_ROW, seed)
+        labels = [f"T={t:g} class {c}" for t in temperatures for c in classes]
+    else:
+        grid = temperature_rows(model, temperatures, SAMPLES_PER_ROW, seed)
     path = workdir / "samples" / f"step_{step:07d}.png"
     path.parent.mkdir(exist_ok=True)
     save_grid(
@@ -78,6 +84,6 @@ def draw_samples(model: FlowModel, workdir: Path, step: int, cfg: Config) -> Non
         path,
         num_levels=cfg.model.num_levels,
         nrow=SAMPLES_PER_ROW,
-        row_labels=[f"T={t:g}" for t in temperatures],
+        row_labels=labels,
     )
     atomic_write_bytes(workdir / SAMPLES_FILE, path.read_bytes())
