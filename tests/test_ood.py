@@ -154,6 +154,24 @@ def test_synthetic_sets() -> None:
         ood.synthetic_set("stripes", 5, reference)
 
 
+def test_perturb_and_write_image_folder(tmp_path: Path) -> None:
+    digits = load_dataset("digits", "test")
+    perturbed = ood.perturb(digits, 0.2, seed=1)
+    changed = (perturbed.images != digits.images).double().mean().item()
+    assert 0.15 < changed < 0.2  # a replacement keeps the level with probability 1/17
+    assert torch.equal(perturbed.images, ood.perturb(digits, 0.2, seed=1).images)
+    assert torch.equal(ood.perturb(digits, 0.0).images, digits.images)
+    part = digits.subset(range(20))
+    ood.write_image_folder(part, tmp_path, "train")
+    back = load_dataset("folder", "train", tmp_path)
+    order = sorted(range(20), key=lambda i: (part.label_names[part.labels[i]], i))
+    assert back.num_levels == 256 and back.image_shape == (1, 8, 8)
+    expected = (part.images[order].long() * 255 + 8) // 16
+    assert torch.equal(back.images.long(), expected)
+    with pytest.raises(FileExistsError):
+        ood.write_image_folder(part, tmp_path, "train")
+
+
 # The commands, end to end.
 
 

@@ -3,6 +3,7 @@ correction (Serrà et al., ICLR 2020), the likelihood ratio to a background mode
 NeurIPS 2019) and the typicality test (Nalisnick et al. 2019), rated by AUROC and AUPR."""
 
 from .experiment import load_set, run_ood, score_run
+from .perturb import perturb, write_image_folder
 from .report import write_ood_outputs
 from .scores import (
     auroc_aupr,
@@ -22,10 +23,12 @@ __all__ = [
     "likelihood_ratio",
     "load_set",
     "noise_set",
+    "perturb",
     "png_bits_per_dim",
     "run_ood",
     "score_run",
     "synthetic_set",
     "typicality_scores",
+    "write_image_folder",
     "write_ood_outputs",
 ]
