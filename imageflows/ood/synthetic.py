@@ -37,7 +37,9 @@ def constant_set(n: int, image_shape: tuple[int, int, int], num_levels: int) -> 
     levels = torch.linspace(0, num_levels - 1, n, dtype=torch.float64).round().to(torch.int64)
     images = levels.view(n, 1, 1, 1).expand(n, *image_shape).to(torch.uint8).contiguous()
     names = [str(level) for level in range(num_levels)]
-    return ImageDataset(images, levels, names, num_levels, f"constant images ({n} levels)")
+    return ImageDataset(
+        images, levels, names, num_levels, f"constant images ({n}, levels 0..{num_levels - 1})"
+    )
 
 
 def inverted_set(dataset: ImageDataset, n: int | None = None) -> ImageDataset:
