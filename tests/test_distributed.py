@@ -19,7 +19,7 @@ from imageflows.config import Config, ModelConfig, TrainConfig
 from imageflows.metrics import evaluate
 from imageflows.models.dequantize import UniformDequantizer
 from imageflows.train import train
-from imageflows.train.data_order import load_images
+from imageflows.train.data_order import load_data
 from imageflows.train.distributed import DistEnv, process_group, shard, sharded_evaluate
 from imageflows.train.loop import Run
 
@@ -62,8 +62,9 @@ def _worker(rank: int, port: int, tmp: Path) -> None:
     torch.set_num_threads(1)
     with process_group() as env:
         assert dist.is_initialized() and (env.rank, env.world_size) == (rank, WORLD)
-        train_images, test_images = load_images(CFG)
-        run = Run(CFG, tmp / "unused", env, train_images)
+        train_data, test_data = load_data(CFG)
+        test_images = test_data.images
+        run = Run(CFG, tmp / "unused", env, train_data)
         run.start(None)
         torch.save(run.model.state_dict(), tmp / f"init_{rank}.pt")
         result = sharded_evaluate(run.model, test_images[:EVAL_IMAGES], EVAL_BATCH, 0, env)
@@ -100,10 +101,10 @@ def _step_state(run: Path, name: str) -> dict[str, torch.Tensor]:
 
 
 def _single_process_init() -> tuple[Run, torch.Tensor]:
-    train_images, test_images = load_images(CFG)
-    run = Run(CFG, Path("unused"), DistEnv(0, 1, torch.device("cpu")), train_images)
+    train_data, test_data = load_data(CFG)
+    run = Run(CFG, Path("unused"), DistEnv(0, 1, torch.device("cpu")), train_data)
     run.start(None)
-    return run, test_images
+    return run, test_data.images
 
 
 def test_ranks_start_from_rank_0s_initialisation(ddp_run: Path) -> None:

@@ -99,8 +99,8 @@ def _poison(monkeypatch: pytest.MonkeyPatch, bad_calls: set[int] | None) -> None
     """Make training calls number `bad_calls` (1-based; all if None) of `log_prob` NaN."""
     log_prob, calls = FlowModel.log_prob, [0]
 
-    def poisoned(self, x, generator=None):
-        out = log_prob(self, x, generator=generator)
+    def poisoned(self, x, labels=None, generator=None):
+        out = log_prob(self, x, labels, generator=generator)
         if not self.training:
             return out
         calls[0] += 1

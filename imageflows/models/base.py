@@ -228,6 +228,8 @@ class FlowModel(nn.Module):
     ) -> Objective:
         """The training objective's terms: the bound of `log_prob`, and the auxiliary
         classifier's cross-entropy (`class_nll`) where the model has a classifier."""
+        if not self.class_loss_weight:
+            return Objective(self.log_prob(x, labels, generator=generator), None)
         result = self.dequantized_log_prob(x, generator, labels=labels)
         return Objective(result.log_prob, self.class_nll(result.eps, labels))
 

@@ -48,8 +48,9 @@ def batch_bpd(
     precision: str = "fp32",
     log_prob: LogProb | None = None,
 ) -> Tensor:
-    """Bits/dim `[B]` of the uint8 batch `x` `[B, C, H, W]`, the training forward."""
-    return batch_bits(model, x, generator, precision, log_prob)[0]
+    """Bits/dim `[B]` of the uint8 batch `x` `[B, C, H, W]`, the training forward of an
+    unconditional model (`log_prob`, default `model.log_prob`)."""
+    return batch_bits(model, x, generator, precision, log_prob or model.log_prob)[0]
 
 
 def batch_bits(
