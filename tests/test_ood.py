@@ -202,6 +202,17 @@ def test_score_command_class_conditional(
 
     model.classify = classify
     monkeypatch.setattr(experiment, "load", lambda run: model)
+    given = []
+
+    def score_images_given(*args: object, labels: torch.Tensor, **kwargs: object) -> object:
+        given.append(labels)  # the stand-in's flow is unconditional: score it without them
+        model.num_classes = 0
+        try:
+            return score_images(*args, **kwargs)
+        finally:
+            model.num_classes = 3
+
+    monkeypatch.setattr(experiment, "score_images", score_images_given)
     out = tmp_path / "scores.csv"
     assert cli.main(["score", str(run_dir), "--limit", "7", "--out", str(out)]) == 0
     rows = _csv(out)
@@ -209,6 +220,7 @@ def test_score_command_class_conditional(
     predicted, posterior = classify(load_dataset("digits", "test").images[:7])
     assert [int(r["predicted"]) for r in rows] == predicted.tolist()
     assert [float(r["posterior_2"]) for r in rows] == pytest.approx(posterior[:, 2].tolist())
+    assert torch.equal(given[0], predicted)  # digits' labels 0..9 are no classes of 3
 
 
 def test_ood_command(

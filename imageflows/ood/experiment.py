@@ -112,15 +112,21 @@ def score_run(
     dataset = load_set(
         cfg, model.num_levels, data, split, data_dir, convert, limit, reference, seed
     )
-    scores = score_images(model, dataset.images, batch_size, seed)
+    labels, predicted, posterior = None, None, None
+    if getattr(model, "num_classes", 0) > 0:
+        predicted, posterior = classify(model, dataset.images, batch_size)
+        known = len(dataset) and 0 <= dataset.labels.min() <= dataset.labels.max() < len(
+            posterior[0]
+        )
+        labels = dataset.labels if known else predicted  # bits/dim of log p(x|y)
+    scores = score_images(model, dataset.images, batch_size, seed, labels=labels)
     columns: dict[str, list] = {
         "index": scores.index.tolist(),
         "label": dataset.labels[scores.index].tolist(),
         "bpd": scores.bpd.tolist(),
         "roundtrip_error": scores.roundtrip_error.tolist(),
     }
-    if getattr(model, "num_classes", 0) > 0:
-        predicted, posterior = classify(model, dataset.images, batch_size)
+    if predicted is not None and posterior is not None:
         columns["predicted"] = predicted.tolist()
         for k, column in enumerate(posterior.double().T):
             columns[f"posterior_{k}"] = column.tolist()
