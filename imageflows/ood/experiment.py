@@ -197,7 +197,10 @@ def run_ood(
             )
 
     def score(m: FlowModel, dataset: ImageDataset) -> ImageScores:
-        return score_images(m, dataset.images, batch_size, seed)
+        # A class-conditional model scores log p(x|y) at its predicted class: OOD data has none.
+        conditional = getattr(m, "num_classes", 0) > 0
+        labels = classify(m, dataset.images, batch_size)[0] if conditional else None
+        return score_images(m, dataset.images, batch_size, seed, labels=labels)
 
     in_scores, ood_scores = score(model, test), score(model, ood)
     train_bpd = score(model, train).bpd.mean().item()
