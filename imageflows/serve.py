@@ -6,6 +6,7 @@ validated (400 with a message naming it), and every request's work is capped.
 
     GET  /api/info                                     the run, the data, attributes, the caps
     GET  /api/sample?temperature=0.7&n=16&seed=3       decode(T · eps), eps from the seed
+                    [&class=3]                         (class-conditional runs: the class, 0)
     GET  /api/image?index=5                            one image of the split
     GET  /api/interpolate?a=3&b=17&steps=9&spherical=1 frames between two images
     POST /api/edit {"image": 5, "alphas": {"3": 1.5}}  x and decode(encode(x) + Σ α · direction)
@@ -32,6 +33,7 @@ from werkzeug.serving import BaseWSGIServer, make_server
 from imageflows.explore import Explorer
 from imageflows.images import save_grid
 from imageflows.latent import temperature_rows
+from imageflows.models import class_rows
 
 MAX_SAMPLES = 64  # images per sample request
 MAX_STEPS = 16  # frames per interpolation
@@ -68,6 +70,7 @@ def create_app(explorer: Explorer) -> Flask:
             model=type(model).__name__,
             image_shape=list(model.image_shape),
             num_levels=model.num_levels,
+            num_classes=model.num_classes,
             data=explorer.description,
             split=explorer.split,
             num_images=len(explorer),
@@ -88,10 +91,17 @@ def create_app(explorer: Explorer) -> Flask:
         temperature = _number(request.args, "temperature", 0.0, MAX_TEMPERATURE, default=0.7)
         n = _integer(request.args, "n", 1, MAX_SAMPLES, default=16)
         seed = _integer(request.args, "seed", 0, MAX_SEED, default=secrets.randbelow(MAX_SEED))
+        if not model.num_classes and "class" in request.args:
+            raise BadRequest("class applies to class-conditional runs only")
+        label = None
         with lock:
-            images = temperature_rows(model, [temperature], n, seed)
+            if model.num_classes:
+                label = _integer(request.args, "class", 0, model.num_classes - 1, default=0)
+                images = class_rows(model, [temperature], [label], n, seed)
+            else:
+                images = temperature_rows(model, [temperature], n, seed)
         image = _png(images, model.num_levels, nrow=math.ceil(math.sqrt(n)))
-        return jsonify(image=image, temperature=temperature, n=n, seed=seed)
+        return jsonify(image=image, temperature=temperature, n=n, seed=seed, label=label)
 
     @app.get("/api/image")
     def image() -> Any:

@@ -205,3 +205,35 @@ def test_cli_train_eval_sample_conditional(tmp_path: Path, capsys: pytest.Captur
     bad = ["train", "--out", str(tmp_path / "bad"), "--no-progress", "--set=model.num_classes=3"]
     assert cli.main(bad) == 2
     assert "10 classes" in capsys.readouterr().err
+
+
+def test_serve_samples_a_class_of_a_conditional_model_only() -> None:
+    from imageflows.serve import create_app
+
+    class Stand:  # the parts of an Explorer that the sample endpoint and info use
+        run, step, description, split, label_names = Path("r"), 0, "toy", "test", ["a", "b"]
+        images, labels = images(2), torch.tensor([0, 1])
+
+        def __init__(self, model: torch.nn.Module) -> None:
+            self.model = model
+
+        def __len__(self) -> int:
+            return 2
+
+        def usable_attributes(self) -> list:
+            return []
+
+        def directions(self, names: list) -> dict:
+            return {}
+
+    model = tiny_glow()
+    model.initialize(images(8), labels=torch.arange(8) % 2)
+    client = create_app(Stand(model.eval())).test_client()
+    assert client.get("/api/info").get_json()["num_classes"] == 2
+    answer = client.get("/api/sample?n=2&seed=1&class=1")
+    assert answer.status_code == 200 and answer.get_json()["label"] == 1
+    assert "between 0 and 1" in client.get("/api/sample?class=2").get_json()["error"]
+    plain = create_app(Stand(tiny_glow(num_classes=0).eval())).test_client()
+    assert plain.get("/api/info").get_json()["num_classes"] == 0
+    assert plain.get("/api/sample?class=0").status_code == 400
+    assert plain.get("/api/sample?n=2").get_json()["label"] is None

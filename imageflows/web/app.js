@@ -41,6 +41,7 @@ async function sample() {
   const params = new URLSearchParams({
     temperature: $("temperature").value, n: $("count").value, seed: String(seed),
   });
+  if (info.num_classes > 0) params.set("class", $("class").value);
   const body = await call(`/api/sample?${params}`, undefined, "sample");
   $("samples").src = body.image;
   $("samples").dataset.seed = String(body.seed);
@@ -112,6 +113,13 @@ async function start() {
   $("count").max = String(info.caps.samples);
   $("steps").max = String(info.caps.steps);
   addSliders(info.attributes, info.caps.alpha);
+  if (info.num_classes > 0) {  // a class-conditional run: sample p(x | class)
+    for (let c = 0; c < info.num_classes; c += 1) {
+      $("class").append(new Option(`class ${c}`, String(c)));
+    }
+    $("class-picker").hidden = false;
+    $("class").addEventListener("change", quietly(sample));
+  }
 
   $("temperature").addEventListener("input", () => {
     $("temperature-value").textContent = Number($("temperature").value).toFixed(2);
