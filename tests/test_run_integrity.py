@@ -57,3 +57,14 @@ def test_resume_names_the_refused_keys_and_those_that_may_change(
 def test_every_resumable_key_is_a_config_key() -> None:
     keys = {f"{section}.{key}" for section, values in Config().to_dict().items() for key in values}
     assert set(RESUMABLE) <= keys
+
+
+def test_a_model_config_the_model_rejects_leaves_no_run_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "run"
+    argv = ["train", "--out", str(out), "--no-progress", "--set", "model.num_classes=10",
+            "--set", "model.class_conditioning=both"]  # fmt: skip
+    assert main(argv) == 2
+    assert "class_loss_weight=0" in capsys.readouterr().err
+    assert not out.exists()

@@ -84,8 +84,8 @@ def train(cfg: Config, workdir: str | Path, resume: bool = False, progress: bool
         _check_environment(tc, env)
         train_data, test_data = load_data(cfg)
         test_data = test_data.subset(range(min(tc.eval_images or len(test_data), len(test_data))))
+        run = Run(cfg, workdir, env, train_data)  # a model config it rejects writes nothing
         run_on_main(env, prepare_workdir, cfg, workdir, resume)
-        run = Run(cfg, workdir, env, train_data)
         run.start(run_on_main(env, resume_point, workdir) if resume else None)
         log_prob = data_parallel(run.model, env)
         if tc.compile:  # the flow's many small element-wise ops fuse into a few kernels
