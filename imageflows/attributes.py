@@ -87,11 +87,13 @@ def cached_directions(
     step: int | None,
     ema: bool = True,
     batch_size: int = 256,
+    labels: Tensor | None = None,
 ) -> dict[str, Direction]:
     """`attribute_directions` for the columns of `signs` named `attributes`, each read from its
     `direction_path` when that file was computed from the same images and signs, else computed
     (all missing ones in one pass) and written there. With `step=None` (a run without
-    checkpoints, so no key) nothing is read or written."""
+    checkpoints, so no key) nothing is read or written. `labels` (int64 `[N]`, the images' own)
+    condition a class-conditional model's encoder."""
     if signs.dim() != 2 or signs.shape[1] != len(attributes):
         raise ValueError(
             f"signs must be [N, {len(attributes)}] for attributes {list(attributes)}, "
@@ -111,7 +113,9 @@ def cached_directions(
     if not missing:
         return found
     names = [attributes[k] for k in missing]
-    vectors, counts = attribute_directions(model, images, signs[:, missing], batch_size, names)
+    vectors, counts = attribute_directions(
+        model, images, signs[:, missing], batch_size, names, labels
+    )
     for k, name, vector, (n_pos, n_neg) in zip(
         missing, names, vectors, counts.tolist(), strict=True
     ):

@@ -5,6 +5,9 @@
 Attributes come from labels: each class of a labelled dataset (direction = class mean minus the
 mean of the rest), or the columns of a CelebA-style attribute file matched to the images of a
 `folder` dataset by file name.
+
+On a class-conditional run every image is encoded with its own dataset label, and decoded with
+it too unless a command says otherwise (`imageflows.latent.class_labels` decides).
 """
 
 from __future__ import annotations
@@ -146,18 +149,34 @@ class Explorer:
                 self.step,
                 self.ema,
                 self.batch_size,
+                self.labels,
             )
         return {name: self._directions[name] for name in attributes}
 
     def interpolate(
-        self, pairs: Sequence[tuple[int, int]], steps: int, spherical: bool = False
+        self,
+        pairs: Sequence[tuple[int, int]],
+        steps: int,
+        spherical: bool = False,
+        decode_class: int | None = None,
     ) -> Tensor:
-        """uint8 `[len(pairs), steps, C, H, W]`: frames between the images of each pair."""
+        """uint8 `[len(pairs), steps, C, H, W]`: frames between the images of each pair (on a
+        class-conditional run decoded as `decode_class`, else as the nearer endpoint's class;
+        see `imageflows.latent.interpolate`)."""
         if not pairs:
             raise ValueError("need at least one pair of image indices")
         first = [self.check_index(a) for a, _ in pairs]
         second = [self.check_index(b) for _, b in pairs]
-        return interpolate(self.model, self.images[first], self.images[second], steps, spherical)
+        return interpolate(
+            self.model,
+            self.images[first],
+            self.images[second],
+            steps,
+            spherical,
+            self.labels[first],
+            self.labels[second],
+            decode_class,
+        )
 
     def manipulate(
         self, indices: Sequence[int], attribute: str, alphas: Sequence[float]
@@ -166,18 +185,18 @@ class Explorer:
         if not indices:
             raise ValueError("need at least one image index")
         check_alphas(alphas)  # before the direction is computed and cached
-        images = self.images[[self.check_index(i) for i in indices]]
+        rows = [self.check_index(i) for i in indices]
         direction = self.directions([attribute])[attribute]
-        return edit(self.model, images, direction.vector, alphas)
+        return edit(self.model, self.images[rows], direction.vector, alphas, self.labels[rows])
 
     def edit(self, index: int, alphas: dict[str, float]) -> Tensor:
         """uint8 `[C, H, W]`: decode(encode(x) + Σ α_k · direction_k) for one image."""
-        image = self.images[self.check_index(index)][None]
+        rows = [self.check_index(index)]
         directions = self.directions(list(alphas))
         combined = torch.zeros(self.model.image_shape)
         for name, alpha in alphas.items():
             combined += alpha * directions[name].vector
-        return edit(self.model, image, combined, [1.0])[0, 0]
+        return edit(self.model, self.images[rows], combined, [1.0], self.labels[rows])[0, 0]
 
 
 def write_interpolation(
@@ -190,11 +209,13 @@ def write_interpolation(
     data_dir: str | Path | None = None,
     split: str = "test",
     ema: bool = True,
+    decode_class: int | None = None,
 ) -> dict[str, Any]:
     """Interpolate between the images of each pair of a split and write one PNG row per pair,
-    labelled "A:B". Returns the paths and numbers used (JSON-ready)."""
+    labelled "A:B". On a class-conditional run the frames are decoded as `decode_class`, else
+    as the nearer endpoint's class. Returns the paths and numbers used (JSON-ready)."""
     explorer = Explorer(run, data, data_dir, split, ema=ema)
-    frames = explorer.interpolate(pairs, steps, spherical)
+    frames = explorer.interpolate(pairs, steps, spherical, decode_class)
     out = save_grid(
         frames.flatten(0, 1),
         out,
@@ -211,6 +232,7 @@ def write_interpolation(
         ],
         "steps": steps,
         "spherical": spherical,
+        "class": decode_class,
         "t": torch.linspace(0, 1, steps, dtype=torch.float64).tolist(),
     }
 
@@ -228,7 +250,8 @@ def write_manipulation(
     ema: bool = True,
 ) -> dict[str, Any]:
     """Edit images of a split along an attribute direction and write a PNG: the inputs in the
-    first row, then one row per α. Returns the paths and numbers used (JSON-ready)."""
+    first row, then one row per α (a class-conditional run encodes and decodes each image with
+    its own label). Returns the paths and numbers used (JSON-ready)."""
     explorer = Explorer(run, data, data_dir, split, attr_file, ema)
     edited = explorer.manipulate(images, attribute, alphas)
     direction = explorer.directions([attribute])[attribute]

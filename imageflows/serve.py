@@ -10,6 +10,9 @@ validated (400 with a message naming it), and every request's work is capped.
     GET  /api/image?index=5                            one image of the split
     GET  /api/interpolate?a=3&b=17&steps=9&spherical=1 frames between two images
     POST /api/edit {"image": 5, "alphas": {"3": 1.5}}  x and decode(encode(x) + Σ α · direction)
+
+On a class-conditional run every image is encoded and decoded with its own dataset label, and
+interpolation frames with the nearer endpoint's (`imageflows.latent.interpolate`).
 """
 
 from __future__ import annotations

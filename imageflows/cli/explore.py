@@ -14,6 +14,11 @@ from .arguments import Command, Outcome, add_raw, add_run_data, floats, ints, pa
 # Options whose values may start with "-" ("--alphas -2,-1,0"), see `imageflows.cli.main`.
 NEGATIVE_VALUE_OPTIONS = ("--alphas",)
 ATTR_FILE_HELP = "CelebA-style attribute file (list_attr_celeba.txt) for a folder dataset"
+INTERPOLATE_DESCRIPTION = """\
+Decoded frames between the latents of pairs of dataset images. On a class-conditional run each
+endpoint is encoded with its own label and every frame is decoded with --class C if given, else
+with the nearer endpoint's label (A's for t <= 1/2, B's after; one label throughout when A and
+B share it). Without --class the end frames are the images themselves."""
 
 
 def add_commands(command: Command) -> None:
@@ -21,6 +26,7 @@ def add_commands(command: Command) -> None:
     interpolate = command(
         "interpolate", _interpolate, "interpolate between the latents of real images"
     )
+    interpolate.description = INTERPOLATE_DESCRIPTION
     add_run_data(interpolate)
     interpolate.add_argument(
         "--pairs",
@@ -34,6 +40,10 @@ def add_commands(command: Command) -> None:
     )
     interpolate.add_argument(
         "--spherical", action="store_true", help="spherical (slerp) instead of linear paths"
+    )
+    _add_class(
+        interpolate,
+        "decode every frame as class C (default: the nearer endpoint's label)",
     )
     interpolate.add_argument(
         "--out", default="interpolation.png", help="PNG to write (default interpolation.png)"
@@ -86,6 +96,10 @@ def add_commands(command: Command) -> None:
     decode = command("decode", _decode, "decode a latents file into a PNG grid")
     decode.add_argument("run", metavar="RUN", help="run directory")
     decode.add_argument("latents", metavar="LATENTS", help="a file written by encode")
+    _add_class(
+        decode,
+        "decode every latent as class C (default: the labels stored by encode)",
+    )
     decode.add_argument("--out", default="decoded.png", help="PNG to write (decoded.png)")
     add_raw(decode)
 
@@ -94,9 +108,26 @@ def add_commands(command: Command) -> None:
     report.add_argument("--out", help="HTML file to write (default RUN/report.html)")
 
 
+def _add_class(parser: argparse.ArgumentParser, what: str) -> None:
+    """`--class C` into `args.decode_class`: the class decoded to, on class-conditional runs."""
+    parser.add_argument(
+        "--class",
+        dest="decode_class",
+        type=int,
+        metavar="C",
+        help=f"class-conditional runs: {what}",
+    )
+
+
 def _interpolate(args: argparse.Namespace) -> Outcome:
     result = write_interpolation(
-        args.run, args.pairs, args.steps, args.out, spherical=args.spherical, **run_data(args)
+        args.run,
+        args.pairs,
+        args.steps,
+        args.out,
+        spherical=args.spherical,
+        decode_class=args.decode_class,
+        **run_data(args),
     )
     kind = "spherical" if args.spherical else "linear"
     message = (
@@ -140,16 +171,20 @@ def _serve(args: argparse.Namespace) -> Outcome:
 
 def _encode(args: argparse.Namespace) -> Outcome:
     result = write_latents(args.run, args.out, args.n, args.start, **run_data(args))
+    given = ", each given its label" if result["conditioned"] else ""
     message = (
         f"wrote the latents of {result['n']} {result['data']} {result['split']} images "
-        f"(float64, exact) to {result['out']}"
+        f"(float64, exact{given}) to {result['out']}"
     )
     return result, message
 
 
 def _decode(args: argparse.Namespace) -> Outcome:
-    result = write_decoded(args.run, args.latents, args.out, ema=not args.raw)
-    return result, f"wrote {result['n']} decoded images to {result['out']}"
+    result = write_decoded(
+        args.run, args.latents, args.out, ema=not args.raw, decode_class=args.decode_class
+    )
+    as_class = f" as class {args.decode_class}" if args.decode_class is not None else ""
+    return result, f"wrote {result['n']} decoded images{as_class} to {result['out']}"
 
 
 def _report(args: argparse.Namespace) -> Outcome:
