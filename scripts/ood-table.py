@@ -5,8 +5,9 @@ every other set of its shape that this machine has, with the background run of e
 
 Each row is one `imageflows ood RUN --data D --data-dir DIR --ood-data B [--ood-data-dir DIR2]
 [--convert] --background RUN2 --limit N --out OUT_DIR/NAME` (the call `imageflows.ood.run_ood`
-makes); its AUROC and AUPR per score, and the two sets' mean bits/dim, go to the JSON file and
-to a Markdown table on stdout.
+makes); its AUROC and AUPR per score, and the two sets' mean bits/dim, go to the JSON file
+(rows already there and not run again are kept; `--only NAME,...` runs a subset) and to a
+Markdown table on stdout.
 """
 
 from __future__ import annotations
@@ -55,10 +56,14 @@ def main() -> None:
     parser.add_argument("out_dir")
     parser.add_argument("json_out")
     parser.add_argument("--limit", type=int, default=2000)
+    parser.add_argument("--only", help="comma-separated row names to run (default all)")
     args = parser.parse_args()
-    results = {}
+    only = args.only.split(",") if args.only else None
+    results = json.loads(Path(args.json_out).read_text()) if Path(args.json_out).is_file() else {}
     for row in experiments(args.mnist_dir, args.cifar_dir):
         name = row.pop("name")
+        if only is not None and name not in only:
+            continue
         out = Path(args.out_dir) / name
         summary = ood.run_ood(out=out, limit=args.limit, **row)
         results[name] = {
