@@ -8,7 +8,15 @@ import pytest
 import torch
 from PIL import Image
 
-from imageflows.data import DATASETS, ImageDataset, convert, load_dataset, prepare, to_levels
+from imageflows.data import (
+    DATASETS,
+    ImageDataset,
+    convert,
+    folder_files,
+    load_dataset,
+    prepare,
+    to_levels,
+)
 
 MNIST_DIR = Path("/work/shared/data/mnist")
 
@@ -202,9 +210,10 @@ def test_folder_tree(tmp_path: Path) -> None:
     (tmp_path / "train" / "cat" / "notes.txt").write_text("ignored")
     data = load_dataset("folder", "train", tmp_path)
     assert data.label_names == ["cat", "dog"]
-    assert data.labels.tolist() == [0, 0, 1]
+    assert data.labels.tolist() == [0, 1, 0]  # round-robin over the classes: b, a, c
     assert data.images.shape == (3, 3, 6, 5) and data.images.dtype == torch.uint8
-    assert torch.equal(data.images[2], torch.from_numpy(colour).permute(2, 0, 1))
+    assert torch.equal(data.images[1], torch.from_numpy(colour).permute(2, 0, 1))
+    assert [p.name for p in folder_files(tmp_path, "train")] == ["b.png", "a.png", "c.jpg"]
     # A grey image in a colour set repeats its channel.
     assert torch.equal(data.images[0], torch.from_numpy(grey).expand(3, 6, 5))
     assert data.num_levels == 256

@@ -17,7 +17,10 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 def load_folder(split: str, root: Path) -> ImageDataset:
     """An image-folder tree `root/split/class/*.png|jpg|jpeg`; classes sorted by name.
 
-    All images must have one size. The set is grey (1 channel) if every image is grey, else RGB.
+    Images come round-robin over the classes (the first file of each class, then the second,
+    ...), so that the first N images, which `--limit` and `train.eval_images` take, sample
+    every class rather than the first one or two. All images must have one size. The set is
+    grey (1 channel) if every image is grey, else RGB.
     """
     split_dir = root / split
     if not split_dir.is_dir():
@@ -27,8 +30,7 @@ def load_folder(split: str, root: Path) -> ImageDataset:
             f"found splits: {', '.join(found) or 'none'}"
         )
     classes = _class_files(split_dir)
-    files = [path for _, paths in classes for path in paths]
-    labels = [label for label, (_, paths) in enumerate(classes) for _ in paths]
+    labels, files = _round_robin(classes)
     if not files:
         raise FileNotFoundError(f"{split_dir}: no images; expected {split_dir}/CLASS/*.png|jpg")
     arrays = []
@@ -56,9 +58,18 @@ def load_folder(split: str, root: Path) -> ImageDataset:
 
 def folder_files(root: str | Path, split: str) -> list[Path]:
     """The image files of split `split` of a folder tree, in the order `load_folder` reads
-    them (classes sorted by name, files sorted within each class)."""
-    classes = _class_files(Path(root).expanduser() / split)
-    return [path for _, paths in classes for path in paths]
+    them (round-robin over the classes, sorted by name; files sorted within each class)."""
+    return _round_robin(_class_files(Path(root).expanduser() / split))[1]
+
+
+def _round_robin(classes: list[tuple[str, list[Path]]]) -> tuple[list[int], list[Path]]:
+    """(labels, files): the i-th file of every class before any (i+1)-th."""
+    order = sorted(
+        (rank, label, path)
+        for label, (_, paths) in enumerate(classes)
+        for rank, path in enumerate(paths)
+    )
+    return [label for _, label, _ in order], [path for _, _, path in order]
 
 
 def _class_files(split_dir: Path) -> list[tuple[str, list[Path]]]:
