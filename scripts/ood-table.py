@@ -46,7 +46,10 @@ def experiments(mnist: str, cifar: str) -> list[dict]:
 def mean_bpd(scores_csv: Path) -> dict[str, float]:
     with scores_csv.open() as file:
         rows = list(csv.DictReader(file))
-    return {part: fmean(float(r["bpd"]) for r in rows if r["set"] == part) for part in ("in", "ood")}
+    return {
+        part: fmean(float(row["bpd"]) for row in rows if row["set"] == part)
+        for part in ("in", "ood")
+    }
 
 
 def main() -> None:
@@ -78,7 +81,7 @@ def main() -> None:
     Path(args.json_out).write_text(json.dumps(results, indent=1) + "\n")
     print("\n| model | OOD set | mean bits/dim in / OOD | " + " | ".join(SCORES) + " |")
     print("|---" * (3 + len(SCORES)) + "|")
-    for name, result in results.items():
+    for result in results.values():
         auroc = [f"{result['scores'][k]['auroc']:.4f}" if k in result["scores"] else "—"
                  for k in SCORES]  # fmt: skip
         means = result["mean_bpd"]
