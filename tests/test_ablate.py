@@ -61,6 +61,22 @@ def test_rerun_skips_finished_variants(
     assert again == result
 
 
+def test_limit_evaluates_the_first_test_images_without_training_again(
+    ablation: tuple[Path, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = Path(shutil.copytree(ablation[0], tmp_path / "copy"))
+    monkeypatch.setattr(ablate, "train", _no_training)
+    result = ablate.run_ablation(
+        "digits", out, VARIANTS, overrides=TINY, progress=False, limit=100
+    )
+    assert result["n_test"] == 100 and result["n_split"] == 360
+    for row, full in zip(result["rows"], ablation[1]["rows"], strict=True):
+        assert row["n_test"] == 100 and row["test_bpd"] != full["test_bpd"]
+    assert "EMA weights on the first 100 of the 360 test images" in (out / "ablation.md").read_text()
+    with pytest.raises(ValueError, match="--limit must be a positive number of test images"):
+        ablate.run_ablation("digits", out, VARIANTS, overrides=TINY, limit=0)
+
+
 def test_interrupted_ablation_leaves_a_partial_table(
     ablation: tuple[Path, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

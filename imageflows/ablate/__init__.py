@@ -2,7 +2,7 @@
 permutation × coupling comparison (Glow Figure 3).
 
 `run_ablation` trains each chosen variant into `out_dir/<variant>/` with the same `train.*`
-settings, evaluates its EMA weights on the whole test split and rewrites `out_dir/ablation.md`
+settings, evaluates its EMA weights on the test split (or its first `limit` images) and rewrites `out_dir/ablation.md`
 and `out_dir/ablation.json` after every variant, so an interrupted ablation leaves a partial
 table. Rerunning it skips finished variants (a checkpoint at `train.steps`), reading their
 numbers back, and resumes an interrupted one from its last checkpoint.
@@ -50,6 +50,7 @@ def run_ablation(
     data_dir: str | Path | None = None,
     overrides: Sequence[str] = (),
     progress: bool = True,
+    limit: int | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate each of `variants` (default: all of `VARIANTS`) at one budget.
 
@@ -65,6 +66,8 @@ def run_ablation(
         data_dir: folder holding the dataset files.
         overrides: `--set` strings applied to every variant, e.g. `["train.steps=500"]`.
         progress: progress bars and one line per variant on stderr.
+        limit: evaluate on the first `limit` test images only (default: the whole split), for
+            models whose evaluation would cost more than their training budget.
 
     Returns:
         The content of `ablation.json`: `data`, `n_test`, `budget`, `rows` (one per finished
@@ -75,6 +78,11 @@ def run_ablation(
     configs = {name: variant_config(name, data, data_dir, overrides) for name in names}
     parameters = {name: parameter_count(cfg.model) for name, cfg in configs.items()}
     test = load_dataset(data, "test", data_dir)
+    n_split = len(test)
+    if limit is not None:
+        if limit < 1:
+            raise ValueError(f"--limit must be a positive number of test images, got {limit}")
+        test = test.subset(range(min(limit, len(test))))
     out_dir = Path(out_dir or f"runs/ablate-{data}")
     rows: list[dict[str, Any]] = []
     result: dict[str, Any] = {}
@@ -83,7 +91,7 @@ def run_ablation(
             print(f"ablation [{index}/{len(names)}] {name}", file=sys.stderr)
         row = _run_variant(name, configs[name], out_dir / name, test, progress)
         rows.append({**row, "parameters": parameters[name]})
-        result = write_tables(out_dir, test, configs, rows, names[index:])
+        result = write_tables(out_dir, test, configs, rows, names[index:], n_split)
     return result
 
 
@@ -109,7 +117,11 @@ def _run_variant(
     cache = run_dir / RESULT_FILE
     if cache.is_file():
         row = json.loads(cache.read_text())
-        if row.get("steps") == step and row.get("data") == test.description:
+        if (row.get("steps"), row.get("data"), row.get("n_test")) == (
+            step,
+            test.description,
+            len(test),
+        ):
             return row
     model = load(run_dir)
     images = prepare(test, model.num_levels).images
@@ -122,6 +134,7 @@ def _run_variant(
         "train_seconds": float(load_state(checkpoint)["elapsed"]),
         "steps": step,
         "data": test.description,
+        "n_test": len(test),
         "run_dir": str(run_dir),
     }
     atomic_write_text(cache, json.dumps(row, indent=2) + "\n")

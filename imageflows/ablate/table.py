@@ -26,8 +26,8 @@ def markdown_table(result: dict[str, Any]) -> str:
         "",
         f"Same budget for every variant: {budget['steps']} steps of {budget['batch_size']} "
         f"images, Adam at {budget['lr']:g} after {budget['warmup_steps']} warm-up steps"
-        f"{_per_family(result['differences'])}. Test bits/dim: EMA weights on the whole test "
-        f"split ({result['n_test']:,} images), one draw of dequantization noise (seed "
+        f"{_per_family(result['differences'])}. Test bits/dim: EMA weights on "
+        f"{_test_images(result['n_test'], result['n_split'])}, one draw of dequantization noise (seed "
         f"{EVAL_SEED}). Train seconds include the periodic evaluations.",
         "",
         "| variant | what it changes | test bits/dim | parameters | train seconds | steps |",
@@ -43,20 +43,29 @@ def markdown_table(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _test_images(n_test: int, n_split: int) -> str:
+    if n_test == n_split:
+        return f"the whole test split ({n_test:,} images)"
+    return f"the first {n_test:,} of the {n_split:,} test images"
+
+
 def write_tables(
     out_dir: Path,
     test: ImageDataset,
     configs: dict[str, Config],
     rows: list[dict[str, Any]],
     pending: list[str],
+    n_split: int,
 ) -> dict[str, Any]:
     """Write both tables of the finished `rows` (and the `pending` variants) into `out_dir`;
-    returns the content of `ablation.json`."""
+    returns the content of `ablation.json`. `test` holds the evaluated images, the first of
+    the split's `n_split`."""
     first = next(iter(configs.values())).train
     result = {
         "data": test.description,
         "split": "test",
         "n_test": len(test.images),
+        "n_split": n_split,
         "budget": {
             key: getattr(first, key) for key in ("steps", "batch_size", "lr", "warmup_steps")
         },

@@ -70,6 +70,12 @@ def add_commands(command: Command) -> None:
         metavar="NAME,...",
         help=f"variants in table order (default all: {', '.join(VARIANTS)})",
     )
+    ablate.add_argument(
+        "--limit",
+        type=int,
+        metavar="N",
+        help="evaluate on the first N test images (default: the whole split)",
+    )
     add_set(ablate)
     ablate.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -123,6 +129,7 @@ def _ablate(args: argparse.Namespace) -> Outcome:
         data_dir=args.data_dir,
         overrides=args.set,
         progress=not args.no_progress,
+        limit=args.limit,
     )
     return result, f"{markdown_table(result)}\nwrote {result['table']} and {result['json']}"
 
