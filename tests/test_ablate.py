@@ -72,7 +72,8 @@ def test_limit_evaluates_the_first_test_images_without_training_again(
     assert result["n_test"] == 100 and result["n_split"] == 360
     for row, full in zip(result["rows"], ablation[1]["rows"], strict=True):
         assert row["n_test"] == 100 and row["test_bpd"] != full["test_bpd"]
-    assert "EMA weights on the first 100 of the 360 test images" in (out / "ablation.md").read_text()
+    table = (out / "ablation.md").read_text()
+    assert "EMA weights on the first 100 of the 360 test images" in table
     with pytest.raises(ValueError, match="--limit must be a positive number of test images"):
         ablate.run_ablation("digits", out, VARIANTS, overrides=TINY, limit=0)
 

@@ -27,8 +27,8 @@ def markdown_table(result: dict[str, Any]) -> str:
         f"Same budget for every variant: {budget['steps']} steps of {budget['batch_size']} "
         f"images, Adam at {budget['lr']:g} after {budget['warmup_steps']} warm-up steps"
         f"{_per_family(result['differences'])}. Test bits/dim: EMA weights on "
-        f"{_test_images(result['n_test'], result['n_split'])}, one draw of dequantization noise (seed "
-        f"{EVAL_SEED}). Train seconds include the periodic evaluations.",
+        f"{_test_images(result['n_test'], result['n_split'])}, one draw of dequantization "
+        f"noise (seed {EVAL_SEED}). Train seconds include the periodic evaluations.",
         "",
         "| variant | what it changes | test bits/dim | parameters | train seconds | steps |",
         "|---|---|---:|---:|---:|---:|",
