@@ -4,8 +4,9 @@ permutation × coupling comparison (Glow Figure 3).
 `run_ablation` trains each chosen variant into `out_dir/<variant>/` with the same `train.*`
 settings, evaluates its EMA weights on the test split (or its first `limit` images) and
 rewrites `out_dir/ablation.md` and `out_dir/ablation.json` after every variant, so an
-interrupted ablation leaves a partial table. Rerunning it skips finished variants (a checkpoint at `train.steps`), reading their
-numbers back, and resumes an interrupted one from its last checkpoint.
+interrupted ablation leaves a partial table. Rerunning it skips finished variants (a
+checkpoint at `train.steps`), reading their numbers back, and resumes an interrupted one from
+its last checkpoint.
 """
 
 from __future__ import annotations
