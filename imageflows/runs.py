@@ -130,8 +130,10 @@ def evaluate_run(
     batch_size: int = 500,
     ema: bool = True,
     convert: bool = False,
+    limit: int | None = None,
 ) -> dict[str, Any]:
-    """Bits/dim of a run's model on a data split (see `imageflows.metrics.evaluate`).
+    """Bits/dim of a run's model on a data split (see `imageflows.metrics.evaluate`), or
+    on its first `limit` images.
 
     Returns:
         `imageflows.metrics.evaluate`'s figures (`bpd`, its median and 1st/99th percentiles,
@@ -142,10 +144,14 @@ def evaluate_run(
     """
     if not 1 <= iw_samples <= MAX_IW_SAMPLES:
         raise ValueError(f"--iw-samples must be in 1..{MAX_IW_SAMPLES}, got {iw_samples}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"--limit must be at least 1, got {limit}")
     run = Path(run)
     cfg = run_config(run)
     model = load(run, ema=ema)
     _, dataset = run_dataset(cfg, split, model.num_levels, data, data_dir, convert)
+    if limit is not None:
+        dataset = dataset.subset(range(min(limit, len(dataset))))
     labels = dataset.labels if model.num_classes else None
     scores = evaluate(model, dataset.images, batch_size, seed, iw_samples, labels=labels)
     return {

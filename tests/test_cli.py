@@ -181,6 +181,18 @@ def test_eval_iw_samples(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert cli.main(["eval", str(run_dir), "--iw-samples", "0"]) == 2
 
 
+def test_eval_limit_takes_the_first_images(
+    run_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["eval", str(run_dir), "--limit", "50", "--json"]) == 0
+    first = _json(capsys)
+    assert first["n"] == 50 and math.isfinite(first["bpd"])
+    assert cli.main(["eval", str(run_dir), "--limit", "100000", "--json"]) == 0
+    assert _json(capsys)["n"] == 360  # no more than the split holds
+    assert cli.main(["eval", str(run_dir), "--limit", "0"]) == 2
+    assert capsys.readouterr().err == "imageflows: error: --limit must be at least 1, got 0\n"
+
+
 def test_eval_of_another_shape_needs_convert(
     run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -44,6 +44,9 @@ def add_commands(command: Command) -> None:
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the dequantization noise")
     evaluate.add_argument("--batch-size", type=int, default=500, help="images per batch")
     evaluate.add_argument(
+        "--limit", type=int, metavar="N", help="the first N images of the split only"
+    )
+    evaluate.add_argument(
         "--convert",
         action="store_true",
         help="bring another dataset's images to the model's shape (grey by ITU-R 601-2 luma, "
@@ -118,6 +121,7 @@ def _eval(args: argparse.Namespace) -> Outcome:
         batch_size=args.batch_size,
         ema=not args.raw,
         convert=args.convert,
+        limit=args.limit,
     )
     weights = "raw" if args.raw else "EMA"
     bound = f", importance-weighted over {args.iw_samples} draws" if args.iw_samples > 1 else ""
