@@ -150,8 +150,7 @@ def evaluate_run(
     cfg = run_config(run)
     model = load(run, ema=ema)
     _, dataset = run_dataset(cfg, split, model.num_levels, data, data_dir, convert)
-    if limit is not None:
-        dataset = dataset.subset(range(min(limit, len(dataset))))
+    dataset = dataset.first(limit)
     labels = dataset.labels if model.num_classes else None
     scores = evaluate(model, dataset.images, batch_size, seed, iw_samples, labels=labels)
     return {

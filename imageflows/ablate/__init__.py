@@ -80,10 +80,9 @@ def run_ablation(
     parameters = {name: parameter_count(cfg.model) for name, cfg in configs.items()}
     test = load_dataset(data, "test", data_dir)
     n_split = len(test)
-    if limit is not None:
-        if limit < 1:
-            raise ValueError(f"--limit must be a positive number of test images, got {limit}")
-        test = test.subset(range(min(limit, len(test))))
+    if limit is not None and limit < 1:
+        raise ValueError(f"--limit must be a positive number of test images, got {limit}")
+    test = test.first(limit)
     out_dir = Path(out_dir or f"runs/ablate-{data}")
     rows: list[dict[str, Any]] = []
     result: dict[str, Any] = {}

@@ -57,6 +57,10 @@ class ImageDataset:
         index = torch.as_tensor(indices, dtype=torch.long)
         return dataclasses.replace(self, images=self.images[index], labels=self.labels[index])
 
+    def first(self, n: int | None) -> ImageDataset:
+        """The first `n` images (all of them if there are fewer, or if `n` is None)."""
+        return self if n is None else self.subset(range(min(n, len(self))))
+
 
 def check_labels(labels: np.ndarray, num_classes: int, path: Path) -> None:
     """`ValueError` naming file `path` if a label read from it is not in `0..num_classes-1`."""

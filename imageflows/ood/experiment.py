@@ -57,7 +57,7 @@ def load_set(
             f"unknown dataset {name!r}; valid names: {', '.join(DATASETS + SYNTHETIC)}"
         )
     _, dataset = run_dataset(cfg, split, num_levels, name, data_dir, convert=convert)
-    return dataset if n is None else dataset.subset(range(min(n, len(dataset))))
+    return dataset.first(n)
 
 
 def conversion(dataset: ImageDataset) -> str | None:

@@ -45,7 +45,7 @@ def constant_set(n: int, image_shape: tuple[int, int, int], num_levels: int) -> 
 def inverted_set(dataset: ImageDataset, n: int | None = None) -> ImageDataset:
     """The first `n` (default all) images of `dataset` with each level x as N − 1 − x,
     labels kept."""
-    part = dataset if n is None else dataset.subset(range(min(n, len(dataset))))
+    part = dataset.first(n)
     images = (dataset.num_levels - 1 - part.images.to(torch.int64)).to(torch.uint8)
     return dataclasses.replace(part, images=images, description=f"{part.description} inverted")
 

@@ -83,7 +83,7 @@ def train(cfg: Config, workdir: str | Path, resume: bool = False, progress: bool
     with process_group() as env:
         _check_environment(tc, env)
         train_data, test_data = load_data(cfg)
-        test_data = test_data.subset(range(min(tc.eval_images or len(test_data), len(test_data))))
+        test_data = test_data.first(tc.eval_images or None)
         run = Run(cfg, workdir, env, train_data)  # a model config it rejects writes nothing
         run_on_main(env, prepare_workdir, cfg, workdir, resume)
         run.start(run_on_main(env, resume_point, workdir) if resume else None)
