@@ -74,12 +74,13 @@ class DataConfig:
 
 _POSITIVE = ("batch_size", "eval_every", "eval_batch_size", "checkpoint_every",
              "keep_checkpoints", "log_every", "init_batch_size", "max_bad_steps")  # fmt: skip
-_NON_NEGATIVE = ("steps", "warmup_steps", "grad_clip", "eval_images")
+_NON_NEGATIVE = ("steps", "minutes", "warmup_steps", "grad_clip", "eval_images")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     steps: int = 2000  # optimizer steps in the whole run
+    minutes: float = 0.0  # wall-clock budget of each train/resume call, checkpointed; 0 = none
     batch_size: int = 64  # images per optimizer step
     lr: float = 1e-3  # Adam learning rate after warm-up
     warmup_steps: int = 200  # linear learning-rate warm-up from 0 (Glow: ~1 epoch)
@@ -118,9 +119,10 @@ class TrainConfig:
 # Keys a resumed run may change: its length, the optimizer's schedule and the bookkeeping.
 RESUMABLE = ("data.dir",) + tuple(
     f"train.{key}"
-    for key in ("steps", "lr", "warmup_steps", "grad_clip", "ema", "eval_every", "eval_images",
-                "eval_batch_size", "sample_temperatures", "checkpoint_every", "keep_checkpoints",
-                "log_every", "precision", "compile", "max_bad_steps", "lr_backoff", "tensorboard")
+    for key in ("steps", "minutes", "lr", "warmup_steps", "grad_clip", "ema", "eval_every",
+                "eval_images", "eval_batch_size", "sample_temperatures", "checkpoint_every",
+                "keep_checkpoints", "log_every", "precision", "compile", "max_bad_steps",
+                "lr_backoff", "tensorboard")
 )  # fmt: skip
 
 

@@ -79,7 +79,8 @@ def train_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Config, Path, boo
 
     def fake_train(cfg: Config, workdir: Path, resume: bool, progress: bool) -> dict:
         calls.append((cfg, workdir, resume))
-        summary = {"steps": 1, "test_bpd": 1.5, "wall_seconds": 0.1, "samples": "x.png"}
+        summary = {"steps": 1, "stopped": None, "test_bpd": 1.5, "wall_seconds": 0.1}
+        summary["samples"] = "x.png"
         return {**summary, "run_dir": str(workdir)}
 
     monkeypatch.setattr(runs, "train", fake_train)
@@ -135,6 +136,18 @@ def test_multi_line_errors_print_one_line(
     monkeypatch.setenv("IMAGEFLOWS_TRACEBACK", "1")
     with pytest.raises(RuntimeError, match="missing b"):
         cli.main(["train", "--out", str(tmp_path / "r")])
+
+
+def test_a_spent_minutes_budget_stops_and_says_how_to_continue(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    argv = ["train", "--preset", "glow-digits", "--out", str(run), *TINY]
+    assert cli.main([*argv, "--set", "train.minutes=1e-9"]) == 0
+    err = capsys.readouterr().err
+    assert "test bits/dim" in err and "after 0 steps" in err  # evaluated where it stopped
+    assert f"stopped early by train.minutes; continue: imageflows train --resume {run}" in err
+    assert (run / "checkpoints" / "step_0000000").is_dir()
 
 
 def test_train_refuses_a_non_empty_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

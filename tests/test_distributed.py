@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,10 +19,12 @@ from safetensors.torch import load_file
 from imageflows.config import Config, ModelConfig, TrainConfig
 from imageflows.metrics import evaluate
 from imageflows.models.dequantize import UniformDequantizer
-from imageflows.train import train
+from imageflows.train import loop, train
 from imageflows.train.data_order import load_data
 from imageflows.train.distributed import DistEnv, process_group, shard, sharded_evaluate
 from imageflows.train.loop import Run
+
+from ._signals import signal_after_step
 
 WORLD = 2
 # 15 images per step: uneven slices of 8 and 7, which the loss scaling must handle.
@@ -75,6 +78,10 @@ def _worker(rank: int, port: int, tmp: Path) -> None:
             train(CFG, tmp / "ddp", progress=False)
         except FileExistsError as err:
             (tmp / f"refused_{rank}.txt").write_text(str(err))
+        if rank == 1:  # SIGTERM to rank 1 alone after its first step: both ranks stop there
+            loop.train_step = signal_after_step(1, signal.SIGTERM)
+        summary = train(CFG, tmp / "signalled", progress=False)
+        (tmp / f"signalled_{rank}.json").write_text(json.dumps(summary))
     assert not dist.is_initialized()
 
 
@@ -155,6 +162,13 @@ def test_two_processes_train_like_one(
             assert (key in a) == (key in b), (a["step"], key)
             if key in b:
                 assert a[key] == pytest.approx(b[key], rel=1e-5), (a["step"], key)
+
+
+def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(ddp_run: Path) -> None:
+    for rank in range(WORLD):
+        summary = json.loads((ddp_run / f"signalled_{rank}.json").read_text())
+        assert summary["stopped"] == "signal" and summary["steps"] == 1, rank
+    assert (ddp_run / "signalled" / "checkpoints" / "step_0000001").is_dir()
 
 
 def test_shards_cover_each_batch_once() -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import signal
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -15,8 +17,11 @@ from imageflows.config import Config, ModelConfig, TrainConfig
 from imageflows.data import load_dataset
 from imageflows.metrics import evaluate
 from imageflows.models import build_model
-from imageflows.train import CheckpointWarning, load, train
+from imageflows.train import CheckpointWarning, load, loop, stop, train
 from imageflows.train.data_order import global_indices
+from imageflows.train.distributed import DistEnv
+
+from ._signals import signal_after_step
 
 TINY = Config(
     model=ModelConfig(image_shape=(1, 8, 8), num_levels=17, levels=2, depth=2, hidden_channels=16),
@@ -110,6 +115,52 @@ def test_resume_continues_bitwise(run4: tuple[Path, dict], tmp_path: Path) -> No
     assert_same(weights(run, 4, "ema.safetensors"), weights(run4[0], 4, "ema.safetensors"))
     train_bpd = [(r["step"], r["train_bpd"]) for r in metrics(run) if "train_bpd" in r]
     assert train_bpd == [(r["step"], r["train_bpd"]) for r in metrics(run4[0]) if "train_bpd" in r]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_checkpoints_the_step_and_resume_continues_bitwise(
+    signum: signal.Signals,
+    run4: tuple[Path, dict],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    handler = signal.getsignal(signum)
+    monkeypatch.setattr(loop, "train_step", signal_after_step(3, signum))
+    run = tmp_path / "run"
+    summary = train(TINY, run, progress=False)
+    assert summary["stopped"] == "signal" and summary["steps"] == 3
+    assert summary["checkpoint"].endswith("step_0000003")  # off the every-2-steps schedule
+    tests = [r for r in metrics(run) if "test_bpd" in r]
+    assert tests[-1]["step"] == 2 and summary["test_bpd"] == tests[-1]["test_bpd"]  # none at 3
+    assert signal.getsignal(signum) is handler
+
+    summary = train(Config.load(run / "config.json"), run, resume=True, progress=False)
+    assert summary["stopped"] is None and summary["steps"] == 4
+    assert_same(weights(run, 4), weights(run4[0], 4))
+    assert_same(weights(run, 4, "ema.safetensors"), weights(run4[0], 4, "ema.safetensors"))
+
+
+def test_a_second_signal_acts_at_once() -> None:
+    with stop.EarlyStop(0, DistEnv(0, 1, torch.device("cpu"))) as early_stop:
+        assert early_stop.check() is None
+        signal.raise_signal(signal.SIGINT)
+        assert early_stop.check() == "signal"
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_minutes_is_a_wall_clock_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = SimpleNamespace(now=1000.0)
+    monkeypatch.setattr(stop, "time", SimpleNamespace(monotonic=lambda: clock.now))
+    env = DistEnv(0, 1, torch.device("cpu"))
+    with stop.EarlyStop(2, env) as budget, stop.EarlyStop(0, env) as unlimited:
+        clock.now += 119.9
+        assert budget.check() is None
+        clock.now += 0.1
+        assert budget.check() == "minutes"
+        clock.now += 1e9
+        assert unlimited.check() is None
 
 
 def test_corrupt_checkpoint_falls_back_to_the_previous_one(

@@ -101,13 +101,16 @@ def _train(args: argparse.Namespace) -> Outcome:
 
 
 def _train_message(summary: dict[str, Any]) -> str:
-    run = summary["run_dir"]
-    return (
-        f"test bits/dim {summary['test_bpd']:.4f} after {summary['steps']} steps "
-        f"({summary['wall_seconds']:.1f} s)\n"
-        f"samples: {summary['samples']}\n"
-        f"run: {run}  (next: imageflows eval {run}; imageflows sample {run})"
-    )
+    run, steps, seconds = summary["run_dir"], summary["steps"], summary["wall_seconds"]
+    lines = [f"{steps} steps in {seconds:.1f} s"]
+    if summary["test_bpd"] is not None:
+        lines = [f"test bits/dim {summary['test_bpd']:.4f} after {lines[0]}"]
+    if summary["stopped"] is not None:
+        why = "a signal" if summary["stopped"] == "signal" else "train.minutes"
+        lines.append(f"stopped early by {why}; continue: imageflows train --resume {run}")
+    lines.append(f"samples: {summary['samples']}")
+    lines.append(f"run: {run}  (next: imageflows eval {run}; imageflows sample {run})")
+    return "\n".join(lines)
 
 
 def _eval(args: argparse.Namespace) -> Outcome:

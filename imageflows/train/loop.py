@@ -44,6 +44,7 @@ from imageflows.train.ema import EMA
 from imageflows.train.guard import NonFiniteGuard
 from imageflows.train.records import MetricsLog, Window, summary_writer_class
 from imageflows.train.step import LogProb, make_optimizer, train_step
+from imageflows.train.stop import EarlyStop
 from imageflows.train.workdir import (
     CURVES_FILE,
     SAMPLES_FILE,
@@ -75,8 +76,14 @@ def train(cfg: Config, workdir: str | Path, resume: bool = False, progress: bool
             exist; pass `Config.load(workdir / "config.json")`, or a copy with more steps).
         progress: show a tqdm bar with the running bits/dim on stderr (rank 0).
 
+    The run ends after `train.steps`, or earlier, with the step under way finished and
+    checkpointed, at the end of `train.minutes` or at SIGINT / SIGTERM
+    (`imageflows.train.stop`); `--resume` continues it.
+
     Returns:
-        `{"steps", "test_bpd", "wall_seconds", "samples", "run_dir", "checkpoint"}`.
+        `{"steps", "stopped", "test_bpd", "wall_seconds", "samples", "run_dir", "checkpoint"}`:
+        `stopped` is None (all `train.steps` done), "minutes" or "signal"; `test_bpd` is the
+        last evaluation's (None if a signal came before the first).
     """
     tc, workdir = cfg.train, Path(workdir)
     writer_class = summary_writer_class() if tc.tensorboard else None
@@ -104,17 +111,22 @@ def _loop(
     last_test = run_on_main(env, log.last_test)
     window, guard = Window(), NonFiniteGuard(tc.max_bad_steps, warn=env.is_main)
     started = time.perf_counter() - run.elapsed
-    with tqdm(
-        total=tc.steps,
-        initial=run.step,
-        desc="train",
-        unit="step",
-        file=sys.stderr,
-        disable=not show_progress,
-        dynamic_ncols=True,
-    ) as progress:
+    with (
+        EarlyStop(tc.minutes, env) as early_stop,
+        tqdm(
+            total=tc.steps,
+            initial=run.step,
+            desc="train",
+            unit="step",
+            file=sys.stderr,
+            disable=not show_progress,
+            dynamic_ncols=True,
+        ) as progress,
+    ):
         run.model.train()
-        while run.step < tc.steps:
+        stopped: str | None = None
+        # checked before each step: a signal or the end of train.minutes ends the run early
+        while run.step < tc.steps and (stopped := early_stop.check()) is None:
             tick = time.perf_counter()
             lr = run.lr()
             for group in run.optimizer.param_groups:
@@ -161,15 +173,17 @@ def _loop(
                 run.save()
                 guard.checkpointed()
 
-    # A run resumed at its last step (or of 0 steps) still reports and checkpoints that step.
-    if last_test is None or last_test["step"] != run.step:
+    # The last step is evaluated (even of a run resumed at its end) and checkpointed; a signal
+    # asks to stop soon, so it is only checkpointed.
+    if stopped != "signal" and (last_test is None or last_test["step"] != run.step):
         last_test = _evaluate(run, log, test_data)
     run.elapsed = time.perf_counter() - started
     if run.checkpoint_step != run.step:
         run.save()
     return {
         "steps": run.step,
-        "test_bpd": last_test["test_bpd"],
+        "stopped": stopped,
+        "test_bpd": None if last_test is None else last_test["test_bpd"],
         "wall_seconds": run.elapsed,
         "samples": str(run.workdir / SAMPLES_FILE) if tc.sample_temperatures else None,
         "run_dir": str(run.workdir),
