@@ -80,7 +80,7 @@ _NON_NEGATIVE = ("steps", "minutes", "warmup_steps", "grad_clip", "eval_images")
 @dataclass(frozen=True)
 class TrainConfig:
     steps: int = 2000  # optimizer steps in the whole run
-    minutes: float = 0.0  # wall-clock budget of each train/resume call, checkpointed; 0 = none
+    minutes: float = 0.0  # training-time budget of the run (across resumes, like steps); 0 = none
     batch_size: int = 64  # images per optimizer step
     lr: float = 1e-3  # Adam learning rate after warm-up
     warmup_steps: int = 200  # linear learning-rate warm-up from 0 (Glow: ~1 epoch)

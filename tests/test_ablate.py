@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
 
 from imageflows import ablate, cli
 from imageflows.config import ConfigError
+from imageflows.train import loop
+
+from ._signals import signal_after_step
 
 VARIANTS = ["flowpp", "glow-reverse-additive"]
 TINY = [
@@ -78,23 +82,38 @@ def test_limit_evaluates_the_first_test_images_without_training_again(
         ablate.run_ablation("digits", out, VARIANTS, overrides=TINY, limit=0)
 
 
-def test_interrupted_ablation_leaves_a_partial_table(
+def test_interrupted_ablation_leaves_a_partial_table_and_resumes(
     ablation: tuple[Path, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out = Path(shutil.copytree(ablation[0], tmp_path / "copy"))
-
-    def interrupted(*args: object, **kwargs: object) -> None:
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(ablate, "train", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        ablate.run_ablation(
-            "digits", out, [VARIANTS[0], "glow-shuffle-additive"], overrides=TINY, progress=False
-        )
+    names = [VARIANTS[0], "glow-shuffle-additive"]
+    monkeypatch.setattr(loop, "train_step", signal_after_step(2, signal.SIGINT))
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C in the new variant's second step
+        ablate.run_ablation("digits", out, names, overrides=TINY, progress=False)
     partial = json.loads((out / "ablation.json").read_text())
     assert [row["variant"] for row in partial["rows"]] == [VARIANTS[0]]
     assert partial["pending"] == ["glow-shuffle-additive"]
     assert "Not trained yet: glow-shuffle-additive." in (out / "ablation.md").read_text()
+
+    result = ablate.run_ablation("digits", out, names, overrides=TINY, progress=False)
+    assert [row["steps"] for row in result["rows"]] == [3, 3] and result["pending"] == []
+    checkpoints = sorted(p.name for p in (out / names[1] / "checkpoints").iterdir())
+    assert checkpoints == ["step_0000002", "step_0000003"]  # resumed where Ctrl-C stopped it
+
+
+def test_a_minutes_budget_ends_a_variant(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spent = [*TINY, "train.minutes=1e-9"]  # spent before the first step
+    result = ablate.run_ablation("digits", tmp_path, VARIANTS[1:], overrides=spent, progress=False)
+    assert result["rows"][0]["steps"] == 0 and result["budget"]["minutes"] == 1e-9
+    assert (
+        "1e-09 minutes of training (at most 3 steps) of 16"
+        in (tmp_path / "ablation.md").read_text()
+    )
+    monkeypatch.setattr(ablate, "train", _no_training)  # finished: a rerun reads it back
+    assert (
+        ablate.run_ablation("digits", tmp_path, VARIANTS[1:], overrides=spent, progress=False)
+        == result
+    )
 
 
 def test_a_larger_budget_resumes_the_run(ablation: tuple[Path, dict], tmp_path: Path) -> None:

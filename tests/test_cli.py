@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,9 @@ import imageflows
 from imageflows import cli, runs
 from imageflows.config import Config
 from imageflows.models import build_model, preset_config
+from imageflows.train import loop
+
+from ._signals import signal_after_step
 
 TINY = [
     "--set", "train.steps=4", "--set", "train.eval_every=2", "--set", "train.checkpoint_every=2",
@@ -148,6 +152,25 @@ def test_a_spent_minutes_budget_stops_and_says_how_to_continue(
     assert "test bits/dim" in err and "after 0 steps" in err  # evaluated where it stopped
     assert f"stopped early by train.minutes; continue: imageflows train --resume {run}" in err
     assert (run / "checkpoints" / "step_0000000").is_dir()
+    # the budget is the run's, across resumes: a resume within it trains no further
+    resume = ["train", "--resume", str(run), "--no-progress", "--json"]
+    assert cli.main(resume) == 0
+    assert _json(capsys)["steps"] == 0
+    assert cli.main([*resume, "--set", "train.minutes=0"]) == 0
+    summary = _json(capsys)
+    assert summary["steps"] == 4 and summary["stopped"] is None
+
+
+def test_a_signal_reports_the_checkpoint_and_exits_130(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(loop, "train_step", signal_after_step(3, signal.SIGTERM))
+    run = tmp_path / "run"
+    assert cli.main(["train", "--preset", "glow-digits", "--out", str(run), *TINY]) == 130
+    err = capsys.readouterr().err
+    assert "after 3 steps" in err
+    assert f"stopped early by a signal; continue: imageflows train --resume {run}" in err
+    assert (run / "checkpoints" / "step_0000003").is_dir()
 
 
 def test_train_refuses_a_non_empty_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

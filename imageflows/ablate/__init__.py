@@ -4,9 +4,10 @@ permutation × coupling comparison (Glow Figure 3).
 `run_ablation` trains each chosen variant into `out_dir/<variant>/` with the same `train.*`
 settings, evaluates its EMA weights on the test split (or its first `limit` images) and
 rewrites `out_dir/ablation.md` and `out_dir/ablation.json` after every variant, so an
-interrupted ablation leaves a partial table. Rerunning it skips finished variants (a
-checkpoint at `train.steps`), reading their numbers back, and resumes an interrupted one from
-its last checkpoint.
+interrupted ablation (Ctrl-C ends it after the step under way, checkpointed) leaves a partial
+table. Rerunning it skips finished variants (a checkpoint at `train.steps`, or past the training
+time `train.minutes`, which makes the budget one of wall-clock time), reading their numbers
+back, and resumes an interrupted one from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -108,10 +109,11 @@ def _run_variant(
             f"{run_dir}: already trained for {latest[0]} steps, more than train.steps="
             f"{cfg.train.steps}; use another --out to compare at a smaller budget"
         )
-    if latest is None or latest[0] < cfg.train.steps:
-        train(cfg, run_dir, resume=started, progress=progress)
+    if not _finished(latest, cfg):
+        if train(cfg, run_dir, resume=started, progress=progress)["stopped"] == "signal":
+            raise KeyboardInterrupt  # the table so far stays; a rerun resumes this variant
         latest = latest_valid_checkpoint(run_dir)
-    assert latest is not None and latest[0] == cfg.train.steps, latest
+    assert latest is not None and _finished(latest, cfg), latest
     step, checkpoint = latest
 
     cache = run_dir / RESULT_FILE
@@ -141,16 +143,26 @@ def _run_variant(
     return row
 
 
+def _finished(latest: tuple[int, Path] | None, cfg: Config) -> bool:
+    """Whether the newest checkpoint ends the variant's budget: `train.steps`, or the
+    training time of `train.minutes`."""
+    if latest is None:
+        return False
+    budget = 60.0 * cfg.train.minutes
+    step, checkpoint = latest
+    return step == cfg.train.steps or 0 < budget <= load_state(checkpoint)["elapsed"]
+
+
 def _check_same_run(run_dir: Path, cfg: Config) -> None:
-    """A variant's directory may only be resumed with its own config; `train.steps` may grow
-    and `data.dir` move."""
+    """A variant's directory may only be resumed with its own config; `train.steps` and
+    `train.minutes` may grow and `data.dir` move."""
     existing = Config.load(run_dir / CONFIG_FILE).to_dict()
     wanted = cfg.to_dict()
     differ = [
         f"{section}.{key}: {existing[section][key]!r} there, {value!r} now"
         for section, values in wanted.items()
         for key, value in values.items()
-        if f"{section}.{key}" not in ("train.steps", "data.dir")
+        if f"{section}.{key}" not in ("train.steps", "train.minutes", "data.dir")
         and _jsonable(existing[section][key]) != _jsonable(value)
     ]
     if differ:

@@ -24,7 +24,7 @@ def markdown_table(result: dict[str, Any]) -> str:
     lines = [
         f"# Ablation on {result['data']}",
         "",
-        f"Same budget for every variant: {budget['steps']} steps of {budget['batch_size']} "
+        f"Same budget for every variant: {_steps(budget)} of {budget['batch_size']} "
         f"images, Adam at {budget['lr']:g} after {budget['warmup_steps']} warm-up steps"
         f"{_per_family(result['differences'])}. Test bits/dim: EMA weights on "
         f"{_test_images(result['n_test'], result['n_split'])}, one draw of dequantization "
@@ -41,6 +41,12 @@ def markdown_table(result: dict[str, Any]) -> str:
     if result["pending"]:
         lines += ["", f"Not trained yet: {', '.join(result['pending'])}."]
     return "\n".join(lines) + "\n"
+
+
+def _steps(budget: dict[str, Any]) -> str:
+    if not budget.get("minutes"):
+        return f"{budget['steps']} steps"
+    return f"{budget['minutes']:g} minutes of training (at most {budget['steps']} steps)"
 
 
 def _test_images(n_test: int, n_split: int) -> str:
@@ -67,7 +73,8 @@ def write_tables(
         "n_test": len(test.images),
         "n_split": n_split,
         "budget": {
-            key: getattr(first, key) for key in ("steps", "batch_size", "lr", "warmup_steps")
+            key: getattr(first, key)
+            for key in ("steps", "minutes", "batch_size", "lr", "warmup_steps")
         },
         "differences": _train_differences(configs),
         "rows": rows,

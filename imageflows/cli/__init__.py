@@ -54,7 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(result, default=str))
     else:
         print(message, file=sys.stderr)
-    return 0
+    # a run stopped by Ctrl-C / SIGTERM reports as usual, then exits as an interrupted command
+    return 130 if isinstance(result, dict) and result.get("stopped") == "signal" else 0
 
 
 class _Parser(argparse.ArgumentParser):

@@ -77,8 +77,8 @@ def train(cfg: Config, workdir: str | Path, resume: bool = False, progress: bool
         progress: show a tqdm bar with the running bits/dim on stderr (rank 0).
 
     The run ends after `train.steps`, or earlier, with the step under way finished and
-    checkpointed, at the end of `train.minutes` or at SIGINT / SIGTERM
-    (`imageflows.train.stop`); `--resume` continues it.
+    checkpointed, once its training time (across resumes) reaches `train.minutes`, or at
+    SIGINT / SIGTERM (`imageflows.train.stop`); `--resume` continues it.
 
     Returns:
         `{"steps", "stopped", "test_bpd", "wall_seconds", "samples", "run_dir", "checkpoint"}`:
@@ -126,7 +126,10 @@ def _loop(
         run.model.train()
         stopped: str | None = None
         # checked before each step: a signal or the end of train.minutes ends the run early
-        while run.step < tc.steps and (stopped := early_stop.check()) is None:
+        while (
+            run.step < tc.steps
+            and (stopped := early_stop.check(time.perf_counter() - started)) is None
+        ):
             tick = time.perf_counter()
             lr = run.lr()
             for group in run.optimizer.param_groups:

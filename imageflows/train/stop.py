@@ -1,5 +1,6 @@
-"""When a training run stops early: at a wall-clock budget (`train.minutes`) or at SIGINT /
-SIGTERM (Ctrl-C, `kill`, a scheduler's preemption).
+"""When a training run stops before `train.steps`: at its wall-clock budget (`train.minutes` of
+training time, counted across resumes as steps are) or at SIGINT / SIGTERM (Ctrl-C, `kill`, a
+scheduler's preemption).
 
 Either way the step under way finishes and the run checkpoints that step, so nothing is lost
 and `imageflows train --resume` continues exactly; a second signal stops at once, as without
@@ -9,9 +10,9 @@ flag per step), so no rank waits for a gradient that will not come.
 
 from __future__ import annotations
 
+import math
 import signal
 import threading
-import time
 from types import FrameType, TracebackType
 
 from imageflows.train.distributed import DistEnv, all_reduce
@@ -22,13 +23,13 @@ _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 class EarlyStop:
     """A context that turns the stop signals into a request seen at the next step boundary.
 
-    `check()` after each step gives the reason to stop (`"signal"`, `"minutes"`) or None.
+    `check(elapsed)` between steps gives the reason to stop (`"signal"`, `"minutes"`) or None.
     Handlers are installed only in the main thread (Python delivers signals nowhere else)
     and the previous ones are restored on exit.
     """
 
     def __init__(self, minutes: float, env: DistEnv) -> None:
-        self.deadline = time.monotonic() + 60.0 * minutes if minutes > 0 else None
+        self.budget = 60.0 * minutes if minutes > 0 else math.inf  # seconds
         self.env = env
         self.signalled = False
         self._previous: dict[int, object] = {}
@@ -52,9 +53,10 @@ class EarlyStop:
         self.signalled = True
         signal.signal(signum, self._previous[signum])  # a second signal acts at once
 
-    def check(self) -> str | None:
-        """Why to stop after this step, agreed by all ranks: "signal", "minutes" or None."""
-        out_of_time = self.deadline is not None and time.monotonic() >= self.deadline
+    def check(self, elapsed: float) -> str | None:
+        """Why to stop at `elapsed` seconds of the run's training, agreed by all ranks:
+        "signal", "minutes" or None."""
+        out_of_time = elapsed >= self.budget
         signalled, out_of_time = all_reduce(
             [float(self.signalled), float(out_of_time)], self.env, op="max"
         )
