@@ -49,7 +49,8 @@ def some_labels(model: imf.FlowModel, n: int) -> torch.Tensor | None:
 
 
 SHIPPED = ["glow-digits", "glow-mnist", "glow-mnist-cond", "glow-mnist-background",
-           "glow-cifar10-small", "flowpp-cifar10-small"]  # fmt: skip
+           "glow-cifar10-small", "flowpp-cifar10-small", "glow-mnist-long",
+           "flowpp-mnist-long"]  # fmt: skip
 
 
 @pytest.mark.parametrize("run", SHIPPED)
