@@ -22,7 +22,7 @@ from imageflows.models.dequantize import UniformDequantizer
 from imageflows.train import loop, train
 from imageflows.train.data_order import load_data
 from imageflows.train.distributed import DistEnv, process_group, shard, sharded_evaluate
-from imageflows.train.loop import Run
+from imageflows.train.state import Run
 
 from ._signals import signal_after_step
 

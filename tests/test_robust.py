@@ -46,15 +46,15 @@ KILL_SETTINGS = [
 # on stdout and then waits forever: the test kills it there, two steps past checkpoint 4.
 _BLOCK_AT_CHECKPOINT_6 = """
 import sys, threading
-import imageflows.train.loop as loop
+import imageflows.train.state as state
 from imageflows.cli import main
-write = loop.save_checkpoint
+write = state.save_checkpoint
 def save_checkpoint(workdir, step, *args):
     if step == 6:
         print("checkpoint 6", flush=True)
         threading.Event().wait()
     return write(workdir, step, *args)
-loop.save_checkpoint = save_checkpoint
+state.save_checkpoint = save_checkpoint
 sys.exit(main(sys.argv[1:]))
 """
 
