@@ -25,6 +25,7 @@ from imageflows.metrics import evaluate
 from imageflows.runs import parameter_count
 from imageflows.train import load, train
 from imageflows.train.checkpoint import CONFIG_FILE, latest_valid_checkpoint, load_state
+from imageflows.train.stop import out_of_time
 
 from .table import EVAL_SEED, JSON_FILE, TABLE_FILE, markdown_table, write_tables
 from .variants import ABLATED_KEYS, VARIANTS, Variant, base_config, variant_config, variant_names
@@ -148,9 +149,9 @@ def _finished(latest: tuple[int, Path] | None, cfg: Config) -> bool:
     training time of `train.minutes`."""
     if latest is None:
         return False
-    budget = 60.0 * cfg.train.minutes
     step, checkpoint = latest
-    return step == cfg.train.steps or 0 < budget <= load_state(checkpoint)["elapsed"]
+    minutes = cfg.train.minutes
+    return step == cfg.train.steps or out_of_time(minutes, load_state(checkpoint)["elapsed"])
 
 
 def _check_same_run(run_dir: Path, cfg: Config) -> None:

@@ -10,7 +10,6 @@ flag per step), so no rank waits for a gradient that will not come.
 
 from __future__ import annotations
 
-import math
 import signal
 import threading
 from types import FrameType, TracebackType
@@ -18,6 +17,11 @@ from types import FrameType, TracebackType
 from imageflows.train.distributed import DistEnv, all_reduce
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def out_of_time(minutes: float, elapsed: float) -> bool:
+    """Whether `elapsed` seconds of training spend a `train.minutes` budget (0: no budget)."""
+    return 0 < minutes and elapsed >= 60.0 * minutes
 
 
 class EarlyStop:
@@ -29,7 +33,7 @@ class EarlyStop:
     """
 
     def __init__(self, minutes: float, env: DistEnv) -> None:
-        self.budget = 60.0 * minutes if minutes > 0 else math.inf  # seconds
+        self.minutes = minutes
         self.env = env
         self.signalled = False
         self._previous: dict[int, object] = {}
@@ -56,10 +60,9 @@ class EarlyStop:
     def check(self, elapsed: float) -> str | None:
         """Why to stop at `elapsed` seconds of the run's training, agreed by all ranks:
         "signal", "minutes" or None."""
-        out_of_time = elapsed >= self.budget
-        signalled, out_of_time = all_reduce(
-            [float(self.signalled), float(out_of_time)], self.env, op="max"
+        signalled, spent = all_reduce(
+            [float(self.signalled), float(out_of_time(self.minutes, elapsed))], self.env, op="max"
         )
         if signalled:
             return "signal"
-        return "minutes" if out_of_time else None
+        return "minutes" if spent else None
