@@ -2,7 +2,7 @@
 """The MNIST recipe study: variants of the `glow-mnist` recipe trained at one CPU budget.
 
     python scripts/recipe-study.py MNIST_DIR OUT [--minutes 10] [--jobs 2] [--only a,b]
-        [--json docs/bench/recipe-mnist.json]
+        [--base study|adopted] [--json docs/bench/recipe-mnist.json]
 
 Each variant is a set of `--set` overrides on the `glow-mnist` preset. Its budget is the same
 wall-clock time of one CPU thread for every variant: the script first times each variant with
@@ -36,7 +36,7 @@ class Recipe(NamedTuple):
 
 
 RECIPES: dict[str, Recipe] = {
-    "base": Recipe("the base: glow-mnist before the study (lr 1e-3, warm-up 500, batch 64)", ()),
+    "base": Recipe("the round's base recipe (lr 1e-3, clip 50, EMA 0.999, and BASES)", ()),
     "lr-2e-3": Recipe("learning rate", ("train.lr=2e-3",)),
     "lr-5e-4": Recipe("learning rate", ("train.lr=5e-4",)),
     "warmup-100": Recipe("warm-up", ("train.warmup_steps=100",)),
@@ -48,20 +48,25 @@ RECIPES: dict[str, Recipe] = {
     "wide-K8-w192": Recipe("width vs depth", ("model.depth=8", "model.hidden_channels=192")),
     "deep-K32-w96": Recipe("width vs depth", ("model.depth=32", "model.hidden_channels=96")),
     "levels-1": Recipe("levels", ("model.levels=1",)),  # 28x28 allows L ≤ 2
+    "clip-10": Recipe("gradient clipping", ("train.grad_clip=10",)),
     "ema-0": Recipe("EMA decay", ("train.ema=0",)),
     "ema-0.99": Recipe("EMA decay", ("train.ema=0.99",)),
     "compile": Recipe("train.compile", ("train.compile=true",)),
     "variational": Recipe("dequantization", ("model.dequantization=variational",)),
 }
 EVAL_IMAGES = 2000
-# The recipe the study started from (the glow-mnist preset until the study; the preset now
-# has the winners), given explicitly so that every row's command reproduces it.
-BASE = ("train.batch_size=64", "train.warmup_steps=500")
+# The recipes a round of the study starts from, given explicitly so that every row's command
+# reproduces it whatever the preset becomes: "study" is glow-mnist before the study, "adopted"
+# the winners of its first round (batch 32, warm-up 100), which the preset now has.
+BASES: dict[str, tuple[str, ...]] = {
+    "study": ("train.batch_size=64", "train.warmup_steps=500"),
+    "adopted": ("train.batch_size=32", "train.warmup_steps=100"),
+}
 
 
-def sets(recipe: Recipe) -> list[str]:
-    """`--set` arguments of the study's base recipe, then of the variant (the later wins)."""
-    return [arg for o in (*BASE, *recipe.overrides) for arg in ("--set", o)]
+def sets(base: tuple[str, ...], recipe: Recipe) -> list[str]:
+    """`--set` arguments of the round's base recipe, then of the variant (the later wins)."""
+    return [arg for o in (*base, *recipe.overrides) for arg in ("--set", o)]
 
 
 def env1() -> dict[str, str]:
@@ -79,9 +84,9 @@ def speed_overrides(recipe: Recipe) -> tuple[str, ...]:
     )
 
 
-def bench(overrides: tuple[str, ...]) -> dict:
+def bench(base: tuple[str, ...], overrides: tuple[str, ...]) -> dict:
     """`imageflows bench` of the variant on one thread: its images/s, first step, parameters."""
-    all_overrides = (*BASE, *overrides)
+    all_overrides = (*base, *overrides)
     batch = [o.partition("=")[2] for o in all_overrides if o.startswith("train.batch_size=")]
     cmd = ["imageflows", "bench", "--preset", "glow-mnist", "--threads", "1", "--json"]
     cmd += ["--repeats", "5", "--warmup", "2", "--batch-size", batch[-1]]
@@ -91,10 +96,12 @@ def bench(overrides: tuple[str, ...]) -> dict:
     return json.loads(out)
 
 
-def train(name: str, recipe: Recipe, steps: int, mnist: str, out: Path) -> dict:
+def train(
+    name: str, base: tuple[str, ...], recipe: Recipe, steps: int, mnist: str, out: Path
+) -> dict:
     run = out / name
     cmd = ["imageflows", "train", "--preset", "glow-mnist", "--data-dir", mnist]
-    cmd += ["--out", str(run), "--no-progress", *sets(recipe)]
+    cmd += ["--out", str(run), "--no-progress", *sets(base, recipe)]
     cmd += ["--set", f"train.steps={steps}", "--set", f"train.eval_every={steps}"]
     cmd += ["--set", f"train.eval_images={EVAL_IMAGES}", "--set", "train.keep_checkpoints=1"]
     cmd += ["--set", f"train.checkpoint_every={steps}"]
@@ -120,10 +127,12 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--base", choices=BASES, default="study", help="the round's base recipe")
     parser.add_argument("--only", default=",".join(RECIPES))
     parser.add_argument("--json", type=Path)
     parser.add_argument("--md", type=Path, help="also write the table as Markdown here")
     args = parser.parse_args()
+    base = BASES[args.base]
     names = [n for n in args.only.split(",") if n]
     unknown = [n for n in names if n not in RECIPES]
     if unknown:
@@ -140,7 +149,7 @@ def main() -> None:
         if name in saved:
             timings.setdefault(key, saved[name])
         if key not in timings:
-            timings[key] = bench(key)
+            timings[key] = bench(base, key)
         timing = saved[name] = timings[key]
         cache.write_text(json.dumps(saved, indent=1) + "\n")
         run_config = args.out / name / "config.json"
@@ -156,7 +165,7 @@ def main() -> None:
 
     def one(name: str) -> None:
         timing, steps = plans[name]
-        result = train(name, RECIPES[name], steps, args.mnist, args.out)
+        result = train(name, base, RECIPES[name], steps, args.mnist, args.out)
         with lock:
             table[name] = {
                 "question": RECIPES[name].question,
@@ -166,6 +175,7 @@ def main() -> None:
                 "bench": timing,
                 "cpu": cpu_name(),
                 "budget_minutes": args.minutes,
+                "base": list(base),
                 **result,
             }
             table_path.write_text(json.dumps(table, indent=1) + "\n")  # partial tables survive

@@ -64,7 +64,8 @@ def base_config(family: str, data: str) -> Config:
 
     Digits: `glow-digits`, and for Flow++ a tiny model of the same budget (16 channels, 1 block,
     4 logistics; the train section of `glow-digits` with Flow++'s gradient clipping). Any other
-    dataset: `glow-mnist` / `flowpp-mnist`, at that dataset's image shape.
+    dataset: `glow-mnist` / `flowpp-mnist`, at that dataset's image shape. The Flow++ base has
+    attention, as Flow++ Table 2's has (the `flowpp-mnist` preset leaves it out).
     """
     if family not in ("glow", "flowpp"):
         raise ValueError(f"unknown variant family {family!r}; choose 'glow' or 'flowpp'")
@@ -75,6 +76,7 @@ def base_config(family: str, data: str) -> Config:
         flowpp = preset_config("flowpp-mnist")
         model = dataclasses.replace(
             flowpp.model,
+            attention=True,
             image_shape=glow.model.image_shape,
             num_levels=glow.model.num_levels,
             hidden_channels=16,
@@ -85,6 +87,8 @@ def base_config(family: str, data: str) -> Config:
         return Config(model=model, data=glow.data, train=train_cfg)
     cfg = preset_config(f"{family}-mnist")
     model = dataclasses.replace(cfg.model, image_shape=_SHAPES.get(data, cfg.model.image_shape))
+    if family == "flowpp":
+        model = dataclasses.replace(model, attention=True)
     return dataclasses.replace(cfg, model=model, data=DataConfig(name=data))
 
 
