@@ -51,6 +51,8 @@ RECIPES: dict[str, Recipe] = {
     "clip-10": Recipe("gradient clipping", ("train.grad_clip=10",)),
     "ema-0": Recipe("EMA decay", ("train.ema=0",)),
     "ema-0.99": Recipe("EMA decay", ("train.ema=0.99",)),
+    "seed-1": Recipe("seed-to-seed spread", ("train.seed=1",)),
+    "lr-2e-3-seed-1": Recipe("learning rate (second seed)", ("train.lr=2e-3", "train.seed=1")),
     "compile": Recipe("train.compile", ("train.compile=true",)),
     "variational": Recipe("dequantization", ("model.dequantization=variational",)),
 }

@@ -103,8 +103,11 @@ def _train(args: argparse.Namespace) -> Outcome:
 def _train_message(summary: dict[str, Any]) -> str:
     run, steps, seconds = summary["run_dir"], summary["steps"], summary["wall_seconds"]
     lines = [f"{steps} steps in {seconds:.1f} s"]
-    if summary["test_bpd"] is not None:
+    if summary["test_step"] == steps:
         lines = [f"test bits/dim {summary['test_bpd']:.4f} after {lines[0]}"]
+    elif summary["test_step"] is not None:  # stopped by a signal, which skips the evaluation
+        test = f"test bits/dim {summary['test_bpd']:.4f} at step {summary['test_step']}"
+        lines = [f"{test} (the last evaluation); {lines[0]}"]
     if summary["stopped"] is not None:
         why = "a signal" if summary["stopped"] == "signal" else "train.minutes"
         lines.append(f"stopped early by {why}; continue: imageflows train --resume {run}")

@@ -68,9 +68,10 @@ def train(cfg: Config, workdir: str | Path, resume: bool = False, progress: bool
     SIGINT / SIGTERM (`imageflows.train.stop`); `--resume` continues it.
 
     Returns:
-        `{"steps", "stopped", "test_bpd", "wall_seconds", "samples", "run_dir", "checkpoint"}`:
-        `stopped` is None (all `train.steps` done), "minutes" or "signal"; `test_bpd` is the
-        last evaluation's (None if a signal came before the first).
+        `{"steps", "stopped", "test_bpd", "test_step", "wall_seconds", "samples", "run_dir",
+        "checkpoint"}`: `stopped` is None (all `train.steps` done), "minutes" or "signal";
+        `test_bpd` is the last evaluation's, at step `test_step` (both None if a signal came
+        before the first; a signal skips the evaluation, so `test_step` may be below `steps`).
     """
     tc, workdir = cfg.train, Path(workdir)
     writer_class = summary_writer_class() if tc.tensorboard else None
@@ -174,6 +175,7 @@ def _loop(
         "steps": run.step,
         "stopped": stopped,
         "test_bpd": None if last_test is None else last_test["test_bpd"],
+        "test_step": None if last_test is None else last_test["step"],
         "wall_seconds": run.elapsed,
         "samples": str(run.workdir / SAMPLES_FILE) if tc.sample_temperatures else None,
         "run_dir": str(run.workdir),
