@@ -36,7 +36,7 @@ class Recipe(NamedTuple):
 
 
 RECIPES: dict[str, Recipe] = {
-    "base": Recipe("the round's base recipe (lr 1e-3, clip 50, EMA 0.999, and BASES)", ()),
+    "base": Recipe("the round's base recipe (BASES; clip 50, EMA 0.999)", ()),
     "lr-2e-3": Recipe("learning rate", ("train.lr=2e-3",)),
     "lr-5e-4": Recipe("learning rate", ("train.lr=5e-4",)),
     "warmup-100": Recipe("warm-up", ("train.warmup_steps=100",)),
@@ -61,8 +61,8 @@ EVAL_IMAGES = 2000
 # reproduces it whatever the preset becomes: "study" is glow-mnist before the study, "adopted"
 # the winners of its first round (batch 32, warm-up 100), which the preset now has.
 BASES: dict[str, tuple[str, ...]] = {
-    "study": ("train.batch_size=64", "train.warmup_steps=500"),
-    "adopted": ("train.batch_size=32", "train.warmup_steps=100"),
+    "study": ("train.batch_size=64", "train.warmup_steps=500", "train.lr=1e-3"),
+    "adopted": ("train.batch_size=32", "train.warmup_steps=100", "train.lr=1e-3"),
 }
 
 

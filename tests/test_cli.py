@@ -83,8 +83,8 @@ def train_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Config, Path, boo
 
     def fake_train(cfg: Config, workdir: Path, resume: bool, progress: bool) -> dict:
         calls.append((cfg, workdir, resume))
-        summary = {"steps": 1, "stopped": None, "test_bpd": 1.5, "wall_seconds": 0.1}
-        summary["samples"] = "x.png"
+        summary = {"steps": 1, "stopped": None, "test_bpd": 1.5, "test_step": 1}
+        summary |= {"wall_seconds": 0.1, "samples": "x.png"}
         return {**summary, "run_dir": str(workdir)}
 
     monkeypatch.setattr(runs, "train", fake_train)
