@@ -59,7 +59,8 @@ RECIPES: dict[str, Recipe] = {
 EVAL_IMAGES = 2000
 # The recipes a round of the study starts from, given explicitly so that every row's command
 # reproduces it whatever the preset becomes: "study" is glow-mnist before the study, "adopted"
-# the winners of its first round (batch 32, warm-up 100), which the preset now has.
+# the winners of its first round (batch 32, warm-up 100) at the learning rate of then (the
+# second round moved the preset to 2e-3).
 BASES: dict[str, tuple[str, ...]] = {
     "study": ("train.batch_size=64", "train.warmup_steps=500", "train.lr=1e-3"),
     "adopted": ("train.batch_size=32", "train.warmup_steps=100", "train.lr=1e-3"),

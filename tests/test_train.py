@@ -6,6 +6,7 @@ import json
 import math
 import shutil
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -139,7 +140,16 @@ def test_a_signal_checkpoints_the_step_and_resume_continues_bitwise(
     assert_same(weights(run, 4, "ema.safetensors"), weights(run4[0], 4, "ema.safetensors"))
 
 
-def test_a_second_signal_acts_at_once() -> None:
+@pytest.fixture
+def default_sigint() -> Iterator[None]:
+    """SIGINT as a foreground process has it (a background job, `cmd &` in a script, starts
+    with SIGINT ignored, and a second signal then does what it did before: nothing)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_a_second_signal_acts_at_once(default_sigint: None) -> None:
     with stop.EarlyStop(0, DistEnv(0, 1, torch.device("cpu"))) as early_stop:
         assert early_stop.check(0.0) is None
         signal.raise_signal(signal.SIGINT)

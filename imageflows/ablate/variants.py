@@ -73,10 +73,9 @@ def base_config(family: str, data: str) -> Config:
         glow = preset_config("glow-digits")
         if family == "glow":
             return glow
-        flowpp = preset_config("flowpp-mnist")
+        flowpp = _mnist_preset("flowpp")
         model = dataclasses.replace(
             flowpp.model,
-            attention=True,
             image_shape=glow.model.image_shape,
             num_levels=glow.model.num_levels,
             hidden_channels=16,
@@ -85,11 +84,17 @@ def base_config(family: str, data: str) -> Config:
         )
         train_cfg = dataclasses.replace(glow.train, grad_clip=flowpp.train.grad_clip)
         return Config(model=model, data=glow.data, train=train_cfg)
-    cfg = preset_config(f"{family}-mnist")
+    cfg = _mnist_preset(family)
     model = dataclasses.replace(cfg.model, image_shape=_SHAPES.get(data, cfg.model.image_shape))
-    if family == "flowpp":
-        model = dataclasses.replace(model, attention=True)
     return dataclasses.replace(cfg, model=model, data=DataConfig(name=data))
+
+
+def _mnist_preset(family: str) -> Config:
+    """`glow-mnist` / `flowpp-mnist`, the Flow++ with attention (Table 2's base)."""
+    cfg = preset_config(f"{family}-mnist")
+    if family == "flowpp":
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, attention=True))
+    return cfg
 
 
 def variant_config(
