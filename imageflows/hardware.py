@@ -1,4 +1,5 @@
-"""What the CPU offers for bf16: matrix units decide whether bf16 training is fast on a CPU."""
+"""What the CPU is and offers for bf16: matrix units decide whether bf16 training is fast on a CPU,
+and its model name goes beside every speed figure."""
 
 from __future__ import annotations
 
@@ -9,6 +10,20 @@ from pathlib import Path
 # x86 flags of bf16 arithmetic in hardware (AVX-512 BF16, AMX tiles); oneDNN runs bf16
 # matrix products on them, and emulates bf16 (slower than float32) without them
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+@functools.cache
+def cpu_model(cpuinfo: str | Path = "/proc/cpuinfo") -> str | None:
+    """The CPU's model name from /proc/cpuinfo (e.g. "AMD EPYC"), None where unknown."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and value.strip():
+            return value.strip()
+    return None
 
 
 @functools.cache

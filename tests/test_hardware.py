@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from imageflows import hardware
+from imageflows.bench import timing
 
 
 def cpuinfo(tmp_path: Path, flags: str) -> Path:
@@ -37,3 +39,17 @@ def test_emulated_bf16_warns_once_naming_the_missing_units(monkeypatch) -> None:
     hardware.warn_if_slow_cpu_bf16.cache_clear()
     assert not hardware.warn_if_slow_cpu_bf16()
     hardware.warn_if_slow_cpu_bf16.cache_clear()
+
+
+def test_the_cpu_model_is_read_and_named_beside_speed_figures(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "cpuinfo"
+    path.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B13\n")
+    hardware.cpu_model.cache_clear()
+    assert hardware.cpu_model(path) == "AMD EPYC 7B13"
+    assert hardware.cpu_model(tmp_path / "missing") is None
+    hardware.cpu_model.cache_clear()
+
+    monkeypatch.setattr(timing, "cpu_model", lambda: "AMD EPYC 7B13")
+    assert timing.describe_device(torch.device("cpu")).startswith("cpu (AMD EPYC 7B13, ")
+    monkeypatch.setattr(timing, "cpu_model", lambda: None)
+    assert "EPYC" not in timing.describe_device(torch.device("cpu"))

@@ -8,6 +8,8 @@ from collections.abc import Callable
 
 import torch
 
+from imageflows.hardware import cpu_model
+
 
 def time_calls(
     fn: Callable[[], object], repeats: int, warmup: int, device: torch.device
@@ -41,7 +43,9 @@ def check_device(device: str) -> torch.device:
 
 
 def describe_device(device: torch.device) -> str:
-    """The device in words, e.g. `cuda (NVIDIA H200)` or `cpu (x86_64)`."""
+    """The device in words, e.g. `cuda (NVIDIA H200)` or `cpu (AMD EPYC, x86_64)`."""
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({platform.processor() or platform.machine()})"
+    architecture = platform.processor() or platform.machine()
+    model = cpu_model()
+    return f"cpu ({model}, {architecture})" if model else f"cpu ({architecture})"
