@@ -136,16 +136,29 @@ def score_images(
 _SCORE_DTYPES = (torch.long, torch.float64, torch.float64, torch.bool)
 
 
+def merge_scores(parts: list[ImageScores]) -> ImageScores:
+    """The shards' `ImageScores` as one, in image order: what one `score_images` call over all
+    the batches gives."""
+    fields = [None if f[0] is None else torch.cat(f) for f in zip(*parts, strict=True)]
+    order = fields[0].argsort()
+    return ImageScores(*(None if field is None else field[order] for field in fields))
+
+
 def evaluate(
     model: FlowModel,
     images: Tensor,
     batch_size: int = 500,
     seed: int = 0,
     iw_samples: int = 1,
-    shard: tuple[int, int] = (0, 1),
     labels: Tensor | None = None,
 ) -> dict:
-    """Bits/dim and round trips of `model` on uint8 `images`: `score_images` summarised.
+    """Bits/dim and round trips of `model` on uint8 `images`: `score_images`, `summarize`d."""
+    scores = score_images(model, images, batch_size, seed, iw_samples, labels=labels)
+    return summarize(scores, iw_samples, labels)
+
+
+def summarize(scores: ImageScores, iw_samples: int = 1, labels: Tensor | None = None) -> dict:
+    """The figures of `scores` (of `score_images` over `iw_samples` draws).
 
     `bpd` is the mean over images (the papers' figure); beside it come the median and the 1st
     and 99th percentiles of the per-image bits/dim, which a few images far from the data
@@ -153,17 +166,16 @@ def evaluate(
     `roundtrip_failures_float32` the number of images where it reaches ½ and
     `roundtrip_failures` the number that fail in float64 too.
 
-    A class-conditional model takes the images' `labels`: `bpd` and its percentiles are then
-    the conditional bits/dim of log p(x|y_true), and two keys are added: `accuracy`, the
-    fraction of images that the Bayes classifier (`model.classify`) gets right, and
-    `bpd_marginal`, the mean bits/dim of log p(x) = logsumexp_c log p(x|c) − log K.
+    For a class-conditional model's scores, given the images' `labels`: `bpd` and its
+    percentiles are the conditional bits/dim of log p(x|y_true), and two keys are added:
+    `accuracy`, the fraction of images that the Bayes classifier (`model.classify`) gets
+    right, and `bpd_marginal`, the mean bits/dim of log p(x) = logsumexp_c log p(x|c) − log K.
 
     Returns:
         `{"bpd", "bpd_median", "bpd_p1", "bpd_p99", "n", "iw_samples", "roundtrip_failures",
         "roundtrip_failures_float32", "recon_max_abs"}` (and `"accuracy", "bpd_marginal"`)
-        over the shard's images (the bits/dim are NaN for a shard without images).
+        (the bits/dim are NaN for scores of no images).
     """
-    scores = score_images(model, images, batch_size, seed, iw_samples, shard, labels)
     n = len(scores.index)
     per_image = scores.bpd if n else torch.full((1,), math.nan, dtype=torch.float64)
     p1, median, p99 = torch.quantile(per_image, per_image.new_tensor([0.01, 0.5, 0.99])).tolist()

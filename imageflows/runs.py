@@ -19,10 +19,10 @@ from imageflows.data import CONVERSION_RULE, ImageDataset, load_dataset, prepare
 from imageflows.data import convert as convert_images
 from imageflows.images import save_grid
 from imageflows.latent import temperature_rows
-from imageflows.metrics import evaluate
 from imageflows.models import PRESETS, build_model, class_rows, freeze, preset_config
 from imageflows.train import load, train
 from imageflows.train.checkpoint import CONFIG_FILE, run_step
+from imageflows.train.distributed import process_group, sharded_evaluate
 
 RUNS_ROOT = Path("runs")
 
@@ -133,14 +133,18 @@ def evaluate_run(
     limit: int | None = None,
 ) -> dict[str, Any]:
     """Bits/dim of a run's model on a data split (see `imageflows.metrics.evaluate`), or
-    on its first `limit` images.
+    on its first `limit` images, on the GPU where PyTorch sees one.
+
+    Under `torchrun` each process is one rank and scores every `world_size`-th batch (on GPU
+    `LOCAL_RANK` where there are GPUs); the figures are those of one process, since each batch
+    keeps its own noise (`imageflows.train.distributed.sharded_evaluate`).
 
     Returns:
         `imageflows.metrics.evaluate`'s figures (`bpd`, its median and 1st/99th percentiles,
         `n`, `iw_samples`, `roundtrip_failures`, `recon_max_abs`; for a class-conditional
         model the bits/dim of log p(x|y) and `accuracy`, `bpd_marginal`), `data` (e.g. "CIFAR-10
-        (JPEG q75)"),
-        `split`, `weights` ("ema" or "raw"), `run` and `step`.
+        (JPEG q75)"), `split`, `weights` ("ema" or "raw"), `run`, `step`, `device` (rank 0's)
+        and `processes`.
     """
     if not 1 <= iw_samples <= MAX_IW_SAMPLES:
         raise ValueError(f"--iw-samples must be in 1..{MAX_IW_SAMPLES}, got {iw_samples}")
@@ -148,11 +152,12 @@ def evaluate_run(
         raise ValueError(f"--limit must be at least 1, got {limit}")
     run = Path(run)
     cfg = run_config(run)
-    model = load(run, ema=ema)
-    _, dataset = run_dataset(cfg, split, model.num_levels, data, data_dir, convert)
-    dataset = dataset.first(limit)
-    labels = dataset.labels if model.num_classes else None
-    scores = evaluate(model, dataset.images, batch_size, seed, iw_samples, labels=labels)
+    with process_group() as env:
+        model = load(run, ema=ema).to(env.device)
+        _, dataset = run_dataset(cfg, split, model.num_levels, data, data_dir, convert)
+        dataset = dataset.first(limit)
+        labels = dataset.labels if model.num_classes else None
+        scores = sharded_evaluate(model, dataset.images, batch_size, seed, env, labels, iw_samples)
     return {
         **scores,
         "data": dataset.description,
@@ -160,10 +165,12 @@ def evaluate_run(
         "weights": "ema" if ema else "raw",
         "run": str(run),
         "step": run_step(run),
+        "device": str(env.device),
+        "processes": env.world_size,
     }
 
 
-MAX_IW_SAMPLES = 1024  # draws of u per image in an importance-weighted evaluation
+MAX_IW_SAMPLES = 4096  # draws of u per image: the Flow++ authors' evaluation takes 4,096
 MAX_SAMPLES = 4096  # images in one sample picture (64 x 64 of them)
 
 

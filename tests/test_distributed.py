@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from imageflows.config import Config, ModelConfig, TrainConfig
 from imageflows.metrics import evaluate
 from imageflows.models.dequantize import UniformDequantizer
+from imageflows.runs import evaluate_run
 from imageflows.train import loop, train
 from imageflows.train.data_order import load_data
 from imageflows.train.distributed import DistEnv, process_group, shard, sharded_evaluate
@@ -72,8 +73,12 @@ def _worker(rank: int, port: int, tmp: Path) -> None:
         torch.save(run.model.state_dict(), tmp / f"init_{rank}.pt")
         result = sharded_evaluate(run.model, test_images[:EVAL_IMAGES], EVAL_BATCH, 0, env)
         (tmp / f"eval_{rank}.json").write_text(json.dumps(result))
+        uniform = UniformDequantizer.forward
         UniformDequantizer.forward = _midpoint
         train(CFG, tmp / "ddp", progress=False)  # joins the group already there
+        UniformDequantizer.forward = uniform
+        scores = evaluate_run(tmp / "ddp", iw_samples=2, batch_size=EVAL_BATCH)
+        (tmp / f"eval_run_{rank}.json").write_text(json.dumps(scores))
         try:  # rank 0 finds the run there; every rank must raise, none wait for the others
             train(CFG, tmp / "ddp", progress=False)
         except FileExistsError as err:
@@ -136,6 +141,20 @@ def test_evaluation_is_shared_out_exactly(ddp_run: Path) -> None:
     assert results[0]["n"] == alone["n"] == EVAL_IMAGES
     assert results[0]["recon_max_abs"] == alone["recon_max_abs"] < 0.01
     assert results[0]["bpd"] == pytest.approx(alone["bpd"], rel=1e-12)
+
+
+def test_imageflows_eval_under_torchrun_gives_the_one_process_figures(ddp_run: Path) -> None:
+    """`imageflows eval` (`evaluate_run`) in two ranks: each scores half of the batches, and
+    both report what one process reports, percentiles and importance weighting included."""
+    results = [json.loads((ddp_run / f"eval_run_{r}.json").read_text()) for r in range(WORLD)]
+    alone = evaluate_run(ddp_run / "ddp", iw_samples=2, batch_size=EVAL_BATCH)
+    assert results[0] == results[1]
+    assert (results[0]["processes"], alone["processes"]) == (WORLD, 1)
+    assert results[0]["n"] == alone["n"] == load_data(CFG)[1].images.shape[0] > EVAL_BATCH
+    for key in ("iw_samples", "roundtrip_failures", "roundtrip_failures_float32", "step"):
+        assert results[0][key] == alone[key], key
+    for key in ("bpd", "bpd_median", "bpd_p1", "bpd_p99", "recon_max_abs"):
+        assert results[0][key] == pytest.approx(alone[key], rel=1e-9, abs=1e-12), key
 
 
 def test_two_processes_train_like_one(

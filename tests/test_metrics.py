@@ -9,7 +9,15 @@ import pytest
 import torch
 
 import imageflows as imf
-from imageflows.metrics import batch_seed, bits_per_dim, evaluate, importance_weighted_log_prob
+from imageflows.metrics import (
+    batch_seed,
+    bits_per_dim,
+    evaluate,
+    importance_weighted_log_prob,
+    merge_scores,
+    score_images,
+    summarize,
+)
 from imageflows.nets import ZeroConv2d
 
 
@@ -66,20 +74,25 @@ def test_evaluate_one_draw_equals_log_prob_and_more_draws_tighten() -> None:
 
 
 def test_each_batch_has_its_own_noise_so_shards_add_up() -> None:
-    """Batch i's noise is seeded `batch_seed(seed, i)`: the shards of any world size cover
-    every image once and give the whole evaluation's bits/dim."""
+    """Batch i's noise is seeded `batch_seed(seed, i)`: the shards of any world size, merged,
+    are the whole evaluation's per-image scores, and summarise to its figures."""
     torch.manual_seed(0)
     model = imf.Glow((1, 8, 8), levels=2, depth=1, hidden_channels=8, num_levels=17)
     images = torch.randint(0, 17, (23, 1, 8, 8), dtype=torch.uint8)
     model.initialize(images)
-    whole = evaluate(model, images, batch_size=4, seed=5)
+    scores = score_images(model, images, batch_size=4, seed=5, iw_samples=2)
+    whole = evaluate(model, images, batch_size=4, seed=5, iw_samples=2)
+    assert whole == summarize(scores, iw_samples=2)
     for world_size in (2, 3, 7):
-        parts = [evaluate(model, images, 4, 5, shard=(r, world_size)) for r in range(world_size)]
-        assert sum(p["n"] for p in parts) == whole["n"] == 23
-        bits = sum(p["bpd"] * p["n"] for p in parts if p["n"])
-        assert bits / 23 == pytest.approx(whole["bpd"], rel=1e-12)
-    empty = evaluate(model, images, 4, 5, shard=(6, 7))  # 6 batches: rank 6 has none
-    assert empty["n"] == 0 and math.isnan(empty["bpd"])
+        parts = [score_images(model, images, 4, 5, 2, (r, world_size)) for r in range(world_size)]
+        for rank, part in enumerate(parts):  # rank r scores the batches i ≡ r (mod world)
+            assert bool((part.index // 4 % world_size == rank).all())
+        merged = merge_scores(parts[::-1])
+        assert merged.predicted is None and merged.bpd_marginal is None  # unconditional
+        for name in ("index", "bpd", "roundtrip_error", "roundtrip_failed"):
+            assert torch.equal(getattr(merged, name), getattr(scores, name)), name
+    empty = score_images(model, images, 4, 5, shard=(6, 7))  # 6 batches: rank 6 has none
+    assert len(empty.index) == 0 and math.isnan(summarize(empty)["bpd"])
     # The first batch's noise is the same for any batch size: seed `batch_seed(seed, 0)`.
     first = evaluate(model, images[:4], batch_size=4, seed=5)
     assert first == evaluate(model, images[:4], batch_size=8, seed=5)

@@ -139,6 +139,8 @@ def _eval(args: argparse.Namespace) -> Outcome:
         f"{result['roundtrip_failures_float32']} images in float32 (max error "
         f"{result['recon_max_abs']:.2g} levels), {result['roundtrip_failures']} in float64"
     )
+    if result["processes"] > 1:
+        message += f"\nshared among {result['processes']} processes (rank 0 on {result['device']})"
     if "accuracy" in result:
         message += (
             f"\nclass-conditional: bits/dim of log p(x|y); Bayes-classifier accuracy "

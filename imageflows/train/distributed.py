@@ -23,7 +23,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from imageflows.metrics import evaluate
+from imageflows.metrics import ImageScores, merge_scores, score_images, summarize
 
 T = TypeVar("T")
 
@@ -191,38 +191,25 @@ def sharded_evaluate(
     seed: int,
     env: DistEnv,
     labels: Tensor | None = None,
+    iw_samples: int = 1,
 ) -> dict:
     """`imageflows.metrics.evaluate` on all of `images`, its batches shared out among the ranks.
 
-    Batch `i` goes to rank `i mod world_size` and keeps its own noise (`metrics.batch_seed`), so
-    every test image is seen exactly once and the result is `evaluate`'s, bitwise in a single
-    process and up to float64 summation order on several.
-
-    Returns:
-        `{"bpd", "n", "iw_samples", "roundtrip_failures", "roundtrip_failures_float32",
-        "recon_max_abs"}` over all images,
-        the same on every rank (one process: `evaluate`'s result, percentiles included).
+    Batch `i` goes to rank `i mod world_size` and keeps its own noise (`metrics.batch_seed`);
+    the ranks' per-image scores are gathered and put in image order, so every rank returns
+    `evaluate`'s figures (percentiles included) of the same per-image numbers that one
+    process computes alone.
     """
-    result = evaluate(
-        model, images, batch_size, seed, shard=(env.rank, env.world_size), labels=labels
+    scores = score_images(
+        model, images, batch_size, seed, iw_samples, (env.rank, env.world_size), labels
     )
+    return summarize(gather_scores(scores, env), iw_samples, labels)
+
+
+def gather_scores(scores: ImageScores, env: DistEnv) -> ImageScores:
+    """Every rank's `ImageScores` (CPU tensors), merged in image order, on every rank."""
     if not env.distributed:
-        return result
-    bits = result["bpd"] * result["n"] if result["n"] else 0.0
-    counts = [result["n"], result["roundtrip_failures"], result["roundtrip_failures_float32"]]
-    bits, count, failures, fast_failures = all_reduce([bits, *counts], env)
-    (recon,) = all_reduce([result["recon_max_abs"]], env, op="max")
-    classified = {}
-    if "accuracy" in result:  # a class-conditional model
-        correct = result["accuracy"] * result["n"] if result["n"] else 0.0
-        marginal = result["bpd_marginal"] * result["n"] if result["n"] else 0.0
-        correct, marginal = all_reduce([correct, marginal], env)
-        classified = {"accuracy": correct / count, "bpd_marginal": marginal / count}
-    return classified | {
-        "bpd": bits / count,
-        "n": int(count),
-        "iw_samples": 1,
-        "roundtrip_failures": int(failures),
-        "roundtrip_failures_float32": int(fast_failures),
-        "recon_max_abs": float(recon),
-    }
+        return scores
+    parts: list[Any] = [None] * env.world_size
+    dist.all_gather_object(parts, scores)
+    return merge_scores(parts)
