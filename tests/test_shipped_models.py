@@ -81,7 +81,10 @@ def test_likelihoods_far_from_the_data_are_the_models_not_rounding(run: str) -> 
             per_dtype.append(-log_density / (model.num_dims * math.log(2)))
         bpd32, bpd64 = per_dtype
         assert torch.isfinite(bpd32).all(), name
-        torch.testing.assert_close(bpd32, bpd64, rtol=1e-4, atol=1e-4)
+        # float32 rounding, amplified by up to 32 contracting couplings, reaches 1.2e-4 of the
+        # ~1,080 bits/dim of one noise image through glow-mnist-long at step 25,000; a blow-up
+        # would be off by orders of magnitude, not by a thousandth
+        torch.testing.assert_close(bpd32, bpd64, rtol=1e-3, atol=1e-4)
 
 
 def small(name: str) -> imf.FlowModel:
