@@ -10,6 +10,7 @@ key, by `--set` or in a file, is an error listing the valid ones.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import types
 import typing
@@ -84,6 +85,8 @@ class TrainConfig:
     batch_size: int = 64  # images per optimizer step
     lr: float = 1e-3  # Adam learning rate after warm-up
     warmup_steps: int = 200  # linear learning-rate warm-up from 0 (Glow: ~1 epoch)
+    lr_milestones: tuple[int, ...] = ()  # step decay: from step lr_milestones[i] on, ...
+    lr_values: tuple[float, ...] = ()  # ... the learning rate is lr_values[i] (instead of lr)
     grad_clip: float = 50.0  # max global gradient norm; 0 turns clipping off
     ema: float = 0.999  # decay of the Polyak (EMA) weights; 0 turns EMA off
     seed: int = 0  # seeds data order, init, dequantization noise, evaluation and sampling
@@ -108,6 +111,19 @@ class TrainConfig:
         for key in _NON_NEGATIVE:
             if getattr(self, key) < 0:
                 raise ConfigError(f"train.{key} must be ≥ 0, got {getattr(self, key)}")
+        if len(self.lr_milestones) != len(self.lr_values):
+            raise ConfigError(
+                f"train.lr_milestones and train.lr_values must be as long as each other, got "
+                f"{len(self.lr_milestones)} steps and {len(self.lr_values)} learning rates"
+            )
+        if any(b <= a for a, b in itertools.pairwise((0, *self.lr_milestones))):
+            raise ConfigError(
+                f"train.lr_milestones must be increasing steps ≥ 1, got {self.lr_milestones}"
+            )
+        if any(value <= 0 for value in (self.lr, *self.lr_values)):
+            raise ConfigError(
+                f"train.lr and train.lr_values must be > 0, got {self.lr} and {self.lr_values}"
+            )
         if not 0.0 < self.lr_backoff <= 1.0:
             raise ConfigError(f"train.lr_backoff must be in (0, 1], got {self.lr_backoff}")
         if self.precision not in PRECISIONS:
@@ -119,10 +135,10 @@ class TrainConfig:
 # Keys a resumed run may change: its length, the optimizer's schedule and the bookkeeping.
 RESUMABLE = ("data.dir",) + tuple(
     f"train.{key}"
-    for key in ("steps", "minutes", "lr", "warmup_steps", "grad_clip", "ema", "eval_every",
-                "eval_images", "eval_batch_size", "sample_temperatures", "checkpoint_every",
-                "keep_checkpoints", "log_every", "precision", "compile", "max_bad_steps",
-                "lr_backoff", "tensorboard")
+    for key in ("steps", "minutes", "lr", "lr_milestones", "lr_values", "warmup_steps",
+                "grad_clip", "ema", "eval_every", "eval_images", "eval_batch_size",
+                "sample_temperatures", "checkpoint_every", "keep_checkpoints", "log_every",
+                "precision", "compile", "max_bad_steps", "lr_backoff", "tensorboard")
 )  # fmt: skip
 
 

@@ -23,6 +23,7 @@ from imageflows.config import Config
 from imageflows.hardware import describe_cpu_bf16
 from imageflows.metrics import evaluate
 from imageflows.models import FlowModel, build_model, freeze
+from imageflows.train.schedule import scheduled_lr
 from imageflows.train.step import batch_bpd, make_optimizer, train_step
 
 
@@ -132,7 +133,7 @@ def training_setup(
     cfg: Config, batch_size: int = 16, seed: int = 0, device: torch.device | str = "cpu"
 ) -> tuple[nn.Module, torch.optim.Optimizer, Tensor]:
     """The benchmarked model of `cfg.model`, initialised on a random uint8 batch, with Adam at
-    training's first learning rate (`cfg.train.lr` / `cfg.train.warmup_steps`), and that batch.
+    training's first learning rate (`scheduled_lr(cfg.train, 0)`), and that batch.
 
     One Adam step moves every weight by about lr, and at the full lr a paper-size Glow can leave
     the finite range; so `roundtrip_max_abs` describes a state that training passes through.
@@ -144,8 +145,7 @@ def training_setup(
         0, model.num_levels, (batch_size, *model.image_shape), generator=generator
     ).to(device, torch.uint8)
     model.initialize(x)
-    lr = cfg.train.lr * min(1.0, 1.0 / max(cfg.train.warmup_steps, 1))
-    return model, make_optimizer(model, lr), x
+    return model, make_optimizer(model, scheduled_lr(cfg.train, 0)), x
 
 
 def run_bench(

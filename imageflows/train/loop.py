@@ -146,7 +146,7 @@ def _loop(
             )
             progress.update(1)
             if guard.must_reload(run.step, result.bpd is not None):
-                guard.reload(run.step, run.checkpoint_step, tc.lr * run.lr_scale)
+                guard.reload(run.step, run.checkpoint_step, run.lr())
                 last_test = run.reload(log)
                 window, progress.n = Window(), run.step
                 progress.refresh()

@@ -29,6 +29,7 @@ from imageflows.train.data_order import derived_seed, global_indices
 from imageflows.train.distributed import DistEnv, broadcast_module, run_on_main, shard
 from imageflows.train.ema import EMA
 from imageflows.train.records import MetricsLog
+from imageflows.train.schedule import scheduled_lr
 from imageflows.train.step import make_optimizer
 
 
@@ -95,10 +96,8 @@ class Run:
         }
 
     def lr(self) -> float:
-        """The learning rate of the coming step: linear warm-up, times the guard's scale."""
-        warmup = self.tc.warmup_steps
-        ramp = min(1.0, (self.step + 1) / warmup) if warmup > 0 else 1.0
-        return self.tc.lr * self.lr_scale * ramp
+        """The learning rate of the coming step: the schedule's, times the guard's scale."""
+        return scheduled_lr(self.tc, self.step) * self.lr_scale
 
     def batch(self) -> tuple[Tensor, torch.Generator, Tensor | None]:
         """This rank's slice of the coming step's global batch, its dequantization noise and
