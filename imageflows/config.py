@@ -12,20 +12,16 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ._io import atomic_write_text
+from .config_values import ConfigError, from_json, from_text, json_type
 
 MODEL_TYPES = ("flowpp", "glow")
 PRECISIONS = ("fp32", "bf16")
-
-
-class ConfigError(ValueError):
-    """A configuration key or value is not valid."""
 
 
 def _only(model_type: str, default: Any) -> Any:
@@ -166,14 +162,14 @@ class Config:
         sections and keys and values of the wrong type; a missing key takes its default."""
         if not isinstance(raw, dict):
             raise ConfigError(
-                f"expected an object of sections {', '.join(SECTIONS)}, got {_json_type(raw)}"
+                f"expected an object of sections {', '.join(SECTIONS)}, got {json_type(raw)}"
             )
         unknown = sorted(set(raw) - set(SECTIONS))
         if unknown:
             raise ConfigError(f"unknown config section(s) {unknown}; valid: {list(SECTIONS)}")
         for name, values in raw.items():
             if not isinstance(values, dict):
-                raise ConfigError(f"{name}: expected an object of keys, got {_json_type(values)}")
+                raise ConfigError(f"{name}: expected an object of keys, got {json_type(values)}")
         model_type = raw.get("model", {}).get("type", ModelConfig.type)
         if not isinstance(model_type, str):
             raise ConfigError(f"model.type: expected str, got {model_type!r}")
@@ -191,7 +187,7 @@ class Config:
                 valid_keys = _valid_keys(name, valid, model_type if name == "model" else None)
                 raise ConfigError(f"unknown config key {name}.{key}; {valid_keys}")
             parts[name] = section(
-                **{k: _check(v, hints[k], f"{name}.{k}") for k, v in values.items()}
+                **{k: from_json(v, hints[k], f"{name}.{k}") for k, v in values.items()}
             )
         return cls(**parts)
 
@@ -217,7 +213,7 @@ class Config:
                 of = raw["model"]["type"] if section == "model" else None
                 valid = model_keys(of) if of else list(hints)
                 raise ConfigError(f"unknown config key {key}; {_valid_keys(section, valid, of)}")
-            raw[section][name] = _parse(value.strip(), hints[name], key)
+            raw[section][name] = from_text(value.strip(), hints[name], key)
             given.add(key)
         model_type = raw["model"]["type"]
         _check_model_type(model_type)
@@ -296,66 +292,3 @@ def _not_taken(key: str, model_type: str) -> str:
 def _valid_keys(section: str, keys: list[str], model_type: str | None = None) -> str:
     of = f" for {model_type}" if model_type else ""
     return f"valid keys{of}: " + ", ".join(f"{section}.{k}" for k in keys)
-
-
-def _json_type(value: Any) -> str:
-    return f"{type(value).__name__} {value!r}"[:80]
-
-
-def _check(value: Any, hint: Any, key: str) -> Any:
-    """`value` from JSON as the type `hint` (int for float, a list for a tuple), else an error."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _check(value, inner, key)
-    if origin is tuple:
-        fixed = not (len(args) == 2 and args[1] is Ellipsis)
-        if not isinstance(value, list | tuple) or (fixed and len(value) != len(args)):
-            count = f"{len(args)} " if fixed else ""
-            expected = f"a list of {count}{args[0].__name__}"
-            raise ConfigError(f"{key}: expected {expected}, got {_json_type(value)}")
-        item_types = args if fixed else [args[0]] * len(value)
-        return tuple(_check(v, t, key) for v, t in zip(value, item_types, strict=True))
-    ok = {
-        bool: isinstance(value, bool),
-        int: isinstance(value, int) and not isinstance(value, bool),
-        float: isinstance(value, int | float) and not isinstance(value, bool),
-        str: isinstance(value, str),
-    }[hint]
-    if not ok:
-        raise ConfigError(f"{key}: expected {hint.__name__}, got {_json_type(value)}")
-    return float(value) if hint is float else value
-
-
-_BOOLEANS = {"1": True, "true": True, "yes": True, "on": True,
-             "0": False, "false": False, "no": False, "off": False}  # fmt: skip
-
-
-def _parse(text: str, hint: Any, key: str) -> Any:
-    """A command-line string `text` as the type `hint` (`none` for None, commas for tuples)."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if text.lower() in ("none", "null", "") and type(None) in args:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _parse(text, inner, key)
-    if origin is tuple:
-        items = [item.strip() for item in text.split(",") if item.strip()]
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_parse(item, args[0], key) for item in items)
-        if len(items) != len(args):
-            raise ConfigError(f"{key}: expected {len(args)} comma-separated values, got {text!r}")
-        return tuple(_parse(item, t, key) for item, t in zip(items, args, strict=True))
-    try:
-        if hint is bool:
-            return _BOOLEANS[text.lower()]
-        if hint is int:
-            number = float(text)
-            if not number.is_integer():
-                raise ValueError
-            return int(number)
-        return hint(text)
-    except (KeyError, ValueError, OverflowError):
-        raise ConfigError(f"{key}: cannot read {text!r} as {hint.__name__}") from None
